@@ -1,0 +1,42 @@
+"""Array backends: numpy (the CPU reference), jax (jit-compiled), cupy (GPU).
+
+A backend is a small object: its array namespace `xp`, host<->device transfer, and a
+`jit` wrapper. Models are written once against `xp`; the GPU path shares that code with
+the CPU path so CPU-only CI covers most of it. Backends are imported only when asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Protocol
+
+from hpcinfer.errors import JobError
+
+
+class Backend(Protocol):
+    name: str
+    xp: Any  # the array namespace: numpy, jax.numpy or cupy
+
+    def asarray(self, host: Any) -> Any:
+        """Host numpy array -> backend array (in the compute dtype)."""
+
+    def to_host(self, array: Any) -> Any:
+        """Backend array -> host numpy array."""
+
+    def jit(self, fn: Any) -> Any:
+        """Compile `fn(params, x)` where the backend can; identity elsewhere."""
+
+
+_MODULES = {
+    "numpy": "hpcinfer.backends.numpy_backend",
+    "jax": "hpcinfer.backends.jax_backend",
+    "cupy": "hpcinfer.backends.cupy_backend",
+}
+
+
+def get_backend(name: str, dtype: str, local_rank: int = 0) -> Backend:
+    """Build the named backend; JobError (exit 2) when it cannot run here."""
+    if name not in _MODULES:
+        raise JobError(f"unknown backend {name!r} (known: {', '.join(_MODULES)})")
+    module = importlib.import_module(_MODULES[name])
+    return module.create(dtype=dtype, local_rank=local_rank)

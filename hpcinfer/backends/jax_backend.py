@@ -1,0 +1,42 @@
+"""jax: the forward pass is jit-compiled by XLA (CPU here; GPU where jaxlib has CUDA).
+
+XLA compiles once per input shape: batches within a chunk share one shape, so a run
+compiles a handful of times at most (full batch, last batch of a chunk, last chunk).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from hpcinfer.errors import JobError
+
+
+@dataclass(frozen=True)
+class JaxBackend:
+    dtype: np.dtype
+    jax: Any
+    xp: Any
+    name: str = "jax"
+
+    def asarray(self, host: np.ndarray) -> Any:
+        return self.jax.device_put(np.ascontiguousarray(host, dtype=self.dtype))
+
+    def to_host(self, array: Any) -> np.ndarray:
+        return np.asarray(array)
+
+    def jit(self, fn: Any) -> Any:
+        return self.jax.jit(fn)
+
+
+def create(dtype: str, local_rank: int = 0) -> JaxBackend:
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError as e:
+        raise JobError(f"backend 'jax' needs JAX: pip install jax ({e})") from None
+    # float64 is off by default in JAX; without this, float64 jobs silently run in float32.
+    jax.config.update("jax_enable_x64", dtype == "float64")
+    return JaxBackend(dtype=np.dtype(dtype), jax=jax, xp=jnp)

@@ -1,0 +1,28 @@
+"""numpy: the CPU reference backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class NumpyBackend:
+    dtype: np.dtype
+    name: str = "numpy"
+    xp: Any = np
+
+    def asarray(self, host: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(host, dtype=self.dtype)
+
+    def to_host(self, array: np.ndarray) -> np.ndarray:
+        return array
+
+    def jit(self, fn: Any) -> Any:
+        return fn
+
+
+def create(dtype: str, local_rank: int = 0) -> NumpyBackend:
+    return NumpyBackend(dtype=np.dtype(dtype))

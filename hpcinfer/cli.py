@@ -1,0 +1,116 @@
+"""Command line: argument parsing only; the work happens in engine.run_job.
+
+    mpirun -n 4 python -m hpcinfer run jobs/digits-mlp.toml
+    python -m hpcinfer run jobs/digits-mlp.toml --backend jax --set run.batch_size=512
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from hpcinfer import __version__
+from hpcinfer.errors import JobError
+
+DESCRIPTION = """\
+Distributed batch inference for HPC clusters. hpcinfer is an SPMD program: launch it
+with mpirun/mpiexec/srun and every rank runs the same command; a plain `python -m
+hpcinfer` is a one-rank run. Rows of the input are cut into chunks, each rank computes
+its own block of chunks, and rank 0 writes one HDF5 file with every result in input order.
+"""
+
+RUN_EPILOG = """\
+job file (TOML; relative paths are resolved against the job file's folder):
+  [model]  path        model folder: config.json + model.safetensors
+  [input]  path        HDF5 file;  dataset = name of the dataset (rows along axis 0)
+  [output] path        HDF5 file written at the end (datasets named by the model,
+                       e.g. "outputs" (N, classes) for an MLP), with attributes
+                       recording version, model + weight hash, input, job and layout
+  [run]    backend     numpy | jax | cupy                      (default numpy)
+           batch_size  rows per forward pass                  (default 256)
+           chunk_size  rows per chunk, the unit of scheduling  (default 2048)
+           dtype       float32 | float64                       (default float32)
+           threads     BLAS/XLA threads per rank; 0 = cores on the node / ranks
+                       on the node (default 0; env HPCINFER_THREADS also works)
+
+exit codes: 0 the complete output file exists; 2 bad job, model, input or options
+(one line names the file or key); 1 a failure while running (the failing rank is named,
+every rank stops).
+
+examples:
+  mpirun -n 2 python -m hpcinfer run jobs/digits-mlp.toml
+  python -m hpcinfer run jobs/digits-mlp.toml --backend jax --set output.path=out/x.h5
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m hpcinfer",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"hpcinfer {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser(
+        "run",
+        help="run a job file (under mpirun for several ranks)",
+        description="Run a job: every rank of the MPI launch computes its share of the rows.",
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("job", help="the job file (TOML)")
+    run.add_argument(
+        "--backend",
+        choices=("numpy", "jax", "cupy"),
+        help="shorthand for --set run.backend=NAME",
+    )
+    run.add_argument("--threads", type=int, help="shorthand for --set run.threads=N")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a job-file value (repeatable), e.g. --set run.batch_size=64",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args)
+    return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    # Parse the job before MPI and numpy: it decides the threads per rank.
+    from hpcinfer.job import load_job
+    from hpcinfer.runtime import agree, run_or_abort, start
+
+    overrides = list(args.overrides)
+    if args.backend:
+        overrides.append(f"run.backend={args.backend!r}")
+    if args.threads is not None:
+        overrides.append(f"run.threads={args.threads}")
+    job, error = None, None
+    try:
+        job = load_job(args.job, overrides)
+    except JobError as e:
+        error = e
+    rt = start(job.run.threads if job else 0)
+    try:
+        agree(rt, error)
+    except SystemExit as e:
+        return int(e.code)
+
+    from hpcinfer.engine import run_job
+
+    try:
+        return run_or_abort(rt, lambda: run_job(job, rt))
+    except SystemExit as e:
+        return int(e.code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The SPMD loop: every rank runs this; MPI is the only coordination.
+
+    plan (every rank validates; agreed)  ->  my block of chunks: read rows, predict in
+    batches, write the chunk file durably  ->  rank 0 checks every chunk is there and
+    assembles the final HDF5 file  ->  every rank exits 0 only once that file exists.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from hpcinfer import __version__, faults
+from hpcinfer.errors import JobError, RunError
+from hpcinfer.io.chunk_store import ChunkStore
+from hpcinfer.io.digest import file_sha256
+from hpcinfer.io.output import assemble_output
+from hpcinfer.job import Job
+from hpcinfer.models import Model
+from hpcinfer.plan import Plan, make_plan
+from hpcinfer.runtime import Runtime, agree
+from hpcinfer.schedule import block
+
+
+def predict_rows(model: Model, rows: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+    """All outputs for `rows`, computed `batch_size` rows at a time."""
+    n = rows.shape[0]
+    out = {name: np.empty((n, *shape), dtype) for name, (shape, dtype) in model.outputs.items()}
+    for b0 in range(0, n, batch_size):
+        b1 = min(b0 + batch_size, n)
+        for name, values in model.predict(rows[b0:b1]).items():
+            out[name][b0:b1] = values
+    return out
+
+
+def output_attrs(plan: Plan, rt: Runtime) -> dict[str, Any]:
+    job = plan.job
+    return {
+        "hpcinfer_version": __version__,
+        "model_path": str(job.model.path),
+        "model_sha256": file_sha256(job.model.path / "model.safetensors"),
+        "model": plan.model.describe(),
+        "input_path": str(job.input.path),
+        "input_dataset": job.input.dataset,
+        "n_rows": plan.n_rows,
+        "job_file": str(job.source.resolve()),
+        "job": job.options(),
+        "layout": {
+            "ranks": rt.size,
+            "dp": rt.size,
+            "tp": 1,
+            "threads_per_rank": rt.threads,
+            "backend": job.run.backend,
+            "dtype": job.run.dtype,
+            "chunk_size": job.run.chunk_size,
+            "n_chunks": len(plan.chunks),
+        },
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def run_job(job: Job, rt: Runtime) -> int:
+    """Run `job` on every rank of `rt`; returns 0 once the complete output file exists."""
+    t0 = time.perf_counter()
+    plan, error = None, None
+    try:
+        plan = make_plan(job, rt.local_rank)
+    except JobError as e:
+        error = e
+    agree(rt, error)
+    assert plan is not None  # agree() raised otherwise
+
+    store = ChunkStore(plan.partial_dir)
+    if rt.rank == 0:
+        # No resume yet: leftovers of an earlier, interrupted run are discarded.
+        shutil.rmtree(plan.partial_dir, ignore_errors=True)
+        plan.partial_dir.mkdir(parents=True)
+    rt.comm.Barrier()
+
+    mine = [plan.chunks[i] for i in block(len(plan.chunks), rt.rank, rt.size)]
+    for done, chunk in enumerate(mine):
+        faults.before_chunk(rt.rank, done)
+        rows = plan.reader.read(chunk.start, chunk.stop)
+        store.write(chunk.index, predict_rows(plan.model, rows, job.run.batch_size))
+    plan.reader.close()
+
+    finished = rt.comm.gather([c.index for c in mine], root=0)
+    if rt.rank == 0:
+        done_set = {i for part in finished for i in part}
+        missing = len(plan.chunks) - len(done_set)
+        if missing:
+            raise RunError(f"{missing} of {len(plan.chunks)} chunks were not computed")
+        assemble_output(
+            job.output.path,
+            store,
+            plan.chunks,
+            plan.n_rows,
+            plan.model.outputs,
+            output_attrs(plan, rt),
+        )
+        shutil.rmtree(plan.partial_dir)
+        wall = time.perf_counter() - t0
+        shapes = ", ".join(
+            f"{name} {(plan.n_rows, *shape)} {np.dtype(dt).name}"
+            for name, (shape, dt) in plan.model.outputs.items()
+        )
+        print(
+            f"hpcinfer: wrote {job.output.path}: {shapes}; {plan.n_rows} rows in {wall:.2f} s "
+            f"({plan.n_rows / wall:,.0f} rows/s) on {rt.size} rank(s) x {rt.threads} thread(s)",
+            file=sys.stdout,
+            flush=True,
+        )
+    rt.comm.Barrier()  # nobody exits 0 before the output exists
+    return 0

@@ -1,0 +1,1 @@
+"""Readers, writers and model files: everything that touches the file system."""

@@ -1,0 +1,48 @@
+"""The final HDF5 file: assembled from chunk files, in input order, made visible at once.
+
+It is written under a temporary name inside the run's partial folder, flushed and
+fsync'd, then renamed onto the output path: a reader sees either no file or the whole
+file, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from hpcinfer.io.chunk_store import ChunkStore, fsync_dir
+from hpcinfer.schedule import Chunk
+
+
+def assemble_output(
+    final_path: Path,
+    store: ChunkStore,
+    chunks: Iterable[Chunk],
+    n_rows: int,
+    outputs: dict[str, tuple[tuple[int, ...], np.dtype]],
+    attrs: dict[str, Any],
+) -> None:
+    """Copy every chunk's results into datasets of `n_rows` rows, then publish the file."""
+    tmp = store.folder / f"assembling-{final_path.name}"
+    with h5py.File(tmp, "w") as f:
+        datasets = {
+            name: f.create_dataset(name, shape=(n_rows, *shape), dtype=dtype)
+            for name, (shape, dtype) in outputs.items()
+        }
+        for chunk in chunks:
+            arrays = store.read(chunk.index)
+            for name, ds in datasets.items():
+                ds[chunk.start : chunk.stop] = arrays[name]
+        for key, value in attrs.items():
+            f.attrs[key] = value if isinstance(value, str | int | float) else json.dumps(value)
+    with tmp.open("rb+") as fh:
+        os.fsync(fh.fileno())
+    final_path.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, final_path)
+    fsync_dir(final_path.parent)

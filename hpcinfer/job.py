@@ -1,0 +1,163 @@
+"""Job files: TOML -> frozen dataclasses, validated with messages that name file and key.
+
+A job file has four sections:
+
+    [model]   path = "../data/models/digits-mlp"
+    [input]   path = "../data/digits.h5", dataset = "x"
+    [output]  path = "../out/digits-mlp.h5"
+    [run]     backend, batch_size, chunk_size, dtype, threads
+
+Relative paths are resolved against the job file's folder, so a job runs the same from
+any working directory. Values given with `--set section.key=value` on the command line
+override the file; relative paths given there are resolved against the working directory
+(where the user typed them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpcinfer.errors import JobError
+
+BACKENDS = ("numpy", "jax", "cupy")
+DTYPES = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    path: Path = field(metadata={"kind": "path", "required": True})
+
+
+@dataclass(frozen=True)
+class InputSection:
+    path: Path = field(metadata={"kind": "path", "required": True})
+    dataset: str = field(default="x", metadata={"kind": str})
+
+
+@dataclass(frozen=True)
+class OutputSection:
+    path: Path = field(metadata={"kind": "path", "required": True})
+
+
+@dataclass(frozen=True)
+class RunSection:
+    backend: str = field(default="numpy", metadata={"kind": str, "choices": BACKENDS})
+    batch_size: int = field(default=256, metadata={"kind": int, "min": 1})
+    chunk_size: int = field(default=2048, metadata={"kind": int, "min": 1})
+    dtype: str = field(default="float32", metadata={"kind": str, "choices": DTYPES})
+    # Threads per rank for BLAS/XLA; 0 = this node's cores / ranks on this node.
+    threads: int = field(default=0, metadata={"kind": int, "min": 0})
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelSection,
+    "input": InputSection,
+    "output": OutputSection,
+    "run": RunSection,
+}
+
+
+@dataclass(frozen=True)
+class Job:
+    source: Path
+    model: ModelSection
+    input: InputSection
+    output: OutputSection
+    run: RunSection
+
+    def options(self) -> dict[str, Any]:
+        """The job as plain TOML-like data (paths as strings), for output attributes."""
+        out: dict[str, Any] = {}
+        for name in SECTIONS:
+            section = dataclasses.asdict(getattr(self, name))
+            out[name] = {k: str(v) if isinstance(v, Path) else v for k, v in section.items()}
+        return out
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """`section.key=value` -> (section, key, value); value read as TOML, else as a string."""
+    name, sep, raw = text.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not sep or not dot or not section or not key:
+        raise JobError(f"--set {text!r}: expected section.key=value, e.g. run.batch_size=64")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return section, key.strip(), value
+
+
+def load_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Job:
+    """Read and validate a job file; `overrides` are `section.key=value` strings."""
+    source = Path(path)
+    if not source.is_file():
+        raise JobError(f"{source}: job file not found")
+    try:
+        with source.open("rb") as f:
+            raw = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise JobError(f"{source}: not valid TOML: {e}") from None
+    base = source.resolve().parent
+
+    # (value, where it came from, folder relative paths are resolved against)
+    entries: dict[str, dict[str, tuple[Any, str, Path]]] = {}
+    for section_name, body in raw.items():
+        if section_name not in SECTIONS:
+            raise JobError(
+                f"{source}: unknown section [{section_name}] (known: {', '.join(SECTIONS)})"
+            )
+        if not isinstance(body, dict):
+            raise JobError(f"{source}: {section_name} must be a [section], not a value")
+        entries[section_name] = {
+            key: (value, f"{source}: {section_name}.{key}", base) for key, value in body.items()
+        }
+    for text in overrides:
+        section_name, key, value = parse_override(text)
+        if section_name not in SECTIONS:
+            raise JobError(f"--set {text!r}: unknown section [{section_name}]")
+        entries.setdefault(section_name, {})[key] = (value, f"--set {section_name}.{key}", Path.cwd())
+
+    sections = {
+        name: _build_section(name, cls, entries.get(name, {}), source)
+        for name, cls in SECTIONS.items()
+    }
+    return Job(source=source, **sections)
+
+
+def _build_section(name: str, cls: type, entries: dict, source: Path) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key, (_, where, _) in entries.items():
+        if key not in fields:
+            known = ", ".join(fields)
+            raise JobError(f"{where}: unknown key (known in [{name}]: {known})")
+    values = {}
+    for key, f in fields.items():
+        if key not in entries:
+            if f.metadata.get("required"):
+                raise JobError(f"{source}: missing required key {name}.{key}")
+            continue
+        value, where, base = entries[key]
+        values[key] = _check_value(value, f.metadata, where, base)
+    return cls(**values)
+
+
+def _check_value(value: Any, meta: dict, where: str, base: Path) -> Any:
+    kind = meta["kind"]
+    if kind == "path":
+        if not isinstance(value, str) or not value:
+            raise JobError(f"{where} must be a path string, got {value!r}")
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (base / p).resolve()
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise JobError(f"{where} must be an integer, got {type(value).__name__} {value!r}")
+    if kind is str and not isinstance(value, str):
+        raise JobError(f"{where} must be a string, got {type(value).__name__} {value!r}")
+    if "choices" in meta and value not in meta["choices"]:
+        raise JobError(f"{where} must be one of {', '.join(meta['choices'])}; got {value!r}")
+    if "min" in meta and value < meta["min"]:
+        raise JobError(f"{where} must be >= {meta['min']}, got {value}")
+    return value

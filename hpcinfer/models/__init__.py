@@ -1,0 +1,56 @@
+"""Models: pure forward functions of (params, inputs), and loaders from model folders.
+
+A model folder holds `config.json` (its `model_type` selects the architecture) and
+`model.safetensors`. A loaded model tells the engine what one input row must look like
+and which datasets it writes, and maps a host batch to host outputs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from hpcinfer.errors import JobError
+
+
+class Model(Protocol):
+    #: shape of one input row, e.g. (64,) for a 64-feature MLP
+    row_shape: tuple[int, ...]
+    #: output dataset name -> (shape of one output row, dtype)
+    outputs: dict[str, tuple[tuple[int, ...], np.dtype]]
+
+    def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Host batch (B, *row_shape) -> {dataset: host array (B, *shape)}."""
+
+    def describe(self) -> dict[str, Any]:
+        """Facts about the model for the output file's attributes."""
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """config.json of a model folder, with errors that name the file."""
+    if not folder.is_dir():
+        raise JobError(f"{folder}: model folder not found (model.path)")
+    path = folder / "config.json"
+    if not path.is_file():
+        raise JobError(f"{path}: not found (a model folder needs config.json)")
+    try:
+        config = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise JobError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise JobError(f"{path}: must hold a JSON object")
+    return config
+
+
+def load_model(folder: Path, backend: Any, dtype: str) -> Model:
+    """Load the model in `folder` for `backend`, computing in `dtype`."""
+    config = read_config(folder)
+    model_type = config.get("model_type")
+    if model_type == "mlp":
+        from hpcinfer.models.mlp import MLP
+
+        return MLP.load(folder, config, backend, dtype)
+    raise JobError(f"{folder / 'config.json'}: unsupported model_type {model_type!r} (known: mlp)")

@@ -1,0 +1,71 @@
+"""Job -> plan: open the input, load the model, check they fit, cut the chunks.
+
+Every check a user can fail happens here, on every rank, before any rank computes, so a
+bad job costs seconds and ends with one line naming the file or key (exit code 2).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hpcinfer.backends import get_backend
+from hpcinfer.errors import JobError
+from hpcinfer.io.hdf5_input import Hdf5Rows
+from hpcinfer.job import Job
+from hpcinfer.models import Model, load_model
+from hpcinfer.schedule import Chunk, make_chunks
+
+
+@dataclass
+class Plan:
+    job: Job
+    backend: Any
+    model: Model
+    reader: Hdf5Rows
+    chunks: list[Chunk]
+    partial_dir: Path  # where finished chunks live until the final file is assembled
+
+    @property
+    def n_rows(self) -> int:
+        return self.reader.n_rows
+
+
+def partial_dir_for(output: Path) -> Path:
+    return output.with_name(output.name + ".partial")
+
+
+def check_output_path(job: Job) -> None:
+    out = job.output.path
+    if out.is_dir():
+        raise JobError(f"{job.source}: output.path {out} is a folder; expected a file path")
+    if out == job.input.path:
+        raise JobError(f"{job.source}: output.path is the input file {out}; refusing to overwrite")
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise JobError(f"{job.source}: output.path {out}: folder {parent} is not writable")
+
+
+def make_plan(job: Job, local_rank: int = 0) -> Plan:
+    """Validate `job` end to end and return what the engine needs to run it."""
+    check_output_path(job)
+    reader = Hdf5Rows(job.input.path, job.input.dataset)
+    backend = get_backend(job.run.backend, job.run.dtype, local_rank)
+    model = load_model(job.model.path, backend, job.run.dtype)
+    if reader.row_shape != model.row_shape:
+        raise JobError(
+            f"{reader.path}:{reader.dataset} rows have shape {reader.row_shape} but the model "
+            f"{job.model.path} expects {model.row_shape} (input.dataset vs model)"
+        )
+    return Plan(
+        job=job,
+        backend=backend,
+        model=model,
+        reader=reader,
+        chunks=make_chunks(reader.n_rows, job.run.chunk_size),
+        partial_dir=partial_dir_for(job.output.path),
+    )
