@@ -41,7 +41,7 @@ def export_mlp(clf, folder: Path, dtype: str = "float32") -> None:
     }
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     tensors = {}
-    for i, (w, b) in enumerate(zip(clf.coefs_, clf.intercepts_)):
+    for i, (w, b) in enumerate(zip(clf.coefs_, clf.intercepts_, strict=True)):
         tensors[f"layers.{i}.weight"] = np.ascontiguousarray(w.T, dtype=dtype)  # (out, in)
         tensors[f"layers.{i}.bias"] = np.ascontiguousarray(b, dtype=dtype)
     save_file(tensors, str(folder / "model.safetensors"))

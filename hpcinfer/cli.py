@@ -1,7 +1,7 @@
 """Command line: argument parsing only; the work happens in engine.run_job.
 
-    mpirun -n 4 python -m hpcinfer run jobs/digits-mlp.toml
-    python -m hpcinfer run jobs/digits-mlp.toml --backend jax --set run.batch_size=512
+mpirun -n 4 python -m hpcinfer run jobs/digits-mlp.toml
+python -m hpcinfer run jobs/digits-mlp.toml --backend jax --set run.batch_size=512
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The SPMD loop: every rank runs this; MPI is the only coordination.
 
-    plan (every rank validates; agreed)  ->  my block of chunks: read rows, predict in
-    batches, write the chunk file durably  ->  rank 0 checks every chunk is there and
-    assembles the final HDF5 file  ->  every rank exits 0 only once that file exists.
+plan (every rank validates; agreed)  ->  my block of chunks: read rows, predict in
+batches, write the chunk file durably  ->  rank 0 checks every chunk is there and
+assembles the final HDF5 file  ->  every rank exits 0 only once that file exists.
 """
 
 from __future__ import annotations

@@ -119,7 +119,8 @@ def load_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> J
         section_name, key, value = parse_override(text)
         if section_name not in SECTIONS:
             raise JobError(f"--set {text!r}: unknown section [{section_name}]")
-        entries.setdefault(section_name, {})[key] = (value, f"--set {section_name}.{key}", Path.cwd())
+        where = f"--set {section_name}.{key}"
+        entries.setdefault(section_name, {})[key] = (value, where, Path.cwd())
 
     sections = {
         name: _build_section(name, cls, entries.get(name, {}), source)

@@ -31,9 +31,7 @@ class Hdf5Rows:
         if node.ndim < 1:
             raise JobError(f"{self.path}:{dataset} is a scalar; expected rows along axis 0")
         if not np.issubdtype(node.dtype, np.number):
-            raise JobError(
-                f"{self.path}:{dataset} has dtype {node.dtype}; expected numbers"
-            )
+            raise JobError(f"{self.path}:{dataset} has dtype {node.dtype}; expected numbers")
         self._data = node
         self.n_rows = int(node.shape[0])
         self.row_shape = tuple(int(s) for s in node.shape[1:])

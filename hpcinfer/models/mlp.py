@@ -13,6 +13,7 @@ Forward, for layer i with W_i stored as (out_i, in_i):
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -95,7 +96,7 @@ def read_mlp_weights(folder: Path, config: MLPConfig, dtype: str) -> list[tuple[
     """[(w_t (in_i, out_i), b (out_i,))] as host arrays in `dtype`, shapes checked."""
     weights = SafetensorsFile(folder / "model.safetensors")
     params = []
-    for i, (n_in, n_out) in enumerate(zip(config.layer_sizes, config.layer_sizes[1:])):
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(config.layer_sizes)):
         for name, shape in ((f"layers.{i}.weight", (n_out, n_in)), (f"layers.{i}.bias", (n_out,))):
             info = weights.info(name)
             if info.shape != shape:

@@ -1,0 +1,66 @@
+"""Shared helpers: launching real jobs under mpiexec, always with a timeout."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "data"
+JOBS = ROOT / "jobs"
+DIGITS_JOB = JOBS / "digits-mlp.toml"
+
+
+def mpiexec() -> str:
+    """The mpiexec beside this Python (the MPICH wheel's), else the one on PATH."""
+    local = Path(sys.executable).parent / "mpiexec"
+    found = str(local) if local.exists() else shutil.which("mpiexec")
+    if not found:
+        pytest.skip("no mpiexec: pip install mpich (or load the site's MPI)")
+    return found
+
+
+def hpcinfer(
+    *args: str, n: int = 1, env: dict | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    """`mpiexec -n N python -m hpcinfer ARGS`; fails the test instead of hanging."""
+    cmd = [mpiexec(), "-n", str(n), sys.executable, "-m", "hpcinfer", *args]
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=ROOT
+    )
+
+
+def write_job(path: Path, **sections: dict) -> Path:
+    """A job file from sections of plain values (paths as strings)."""
+    lines = []
+    for name, body in sections.items():
+        lines.append(f"[{name}]")
+        for key, value in body.items():
+            text = f'"{value}"' if isinstance(value, str | Path) else str(value).lower()
+            if isinstance(value, int) and not isinstance(value, bool):
+                text = str(value)
+            lines.append(f"{key} = {text}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def digits_job(tmp_path: Path):
+    """Make a digits job writing into tmp_path; keyword args override [run] keys."""
+
+    def make(name: str = "job.toml", input_path: Path | None = None, **run) -> Path:
+        return write_job(
+            tmp_path / name,
+            model={"path": str(DATA / "models" / "digits-mlp")},
+            input={"path": str(input_path or DATA / "digits.h5"), "dataset": "x"},
+            output={"path": str(tmp_path / "out" / "digits.h5")},
+            run={"backend": "numpy", "batch_size": 128, "chunk_size": 256, **run},
+        )
+
+    return make

@@ -1,0 +1,67 @@
+"""Run under MPI: `mpiexec -n 3 python -m pytest tests/mpi` (also fine at -n 1)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from hpcinfer.backends import get_backend
+from hpcinfer.engine import run_job
+from hpcinfer.errors import JobError
+from hpcinfer.job import load_job
+from hpcinfer.models import load_model
+from hpcinfer.runtime import agree
+from hpcinfer.schedule import block, make_chunks
+from tests.conftest import DATA, DIGITS_JOB
+from tests.mpi.helpers import WORLD, collective, make_runtime
+
+
+@pytest.fixture(scope="module")
+def rt():
+    return make_runtime()
+
+
+@pytest.fixture
+def shared_tmp():
+    """One temporary folder for all ranks (they share this file system)."""
+    path = WORLD.bcast(tempfile.mkdtemp(prefix="hpcinfer-mpi-") if WORLD.rank == 0 else None)
+    yield Path(path)
+    WORLD.Barrier()
+
+
+@collective
+def test_blocks_cover_every_chunk_exactly_once(rt):
+    chunks = make_chunks(1001, 100)
+    mine = list(block(len(chunks), rt.rank, rt.size))
+    owned = sorted(i for part in rt.comm.allgather(mine) for i in part)
+    assert owned == list(range(len(chunks)))
+
+
+@collective
+def test_agree_fails_every_rank_when_one_rank_fails(rt):
+    error = JobError("bad on the last rank") if rt.rank == rt.size - 1 else None
+    with pytest.raises(SystemExit) as e:
+        agree(rt, error)
+    assert e.value.code == 2
+    agree(rt, None)  # and passes everywhere when nobody failed
+
+
+@collective
+def test_run_job_matches_the_serial_model(rt, shared_tmp):
+    out = shared_tmp / "digits.h5"
+    job = load_job(DIGITS_JOB, [f"output.path='{out}'", "run.chunk_size=100"])
+    assert run_job(job, rt) == 0
+    with h5py.File(out, "r") as f:
+        got = f["outputs"][:]
+    with h5py.File(DATA / "digits.h5", "r") as f:
+        x = f["x"][:]
+    model = load_model(job.model.path, get_backend("numpy", "float32"), "float32")
+    expected = np.concatenate(
+        [model.predict(x[i : i + 128])["outputs"] for i in range(0, len(x), 128)]
+    )
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+    assert not out.with_name("digits.h5.partial").exists()

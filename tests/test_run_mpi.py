@@ -1,0 +1,247 @@
+"""End-to-end runs of real jobs under `mpiexec -n N`, each with a timeout."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from tests.conftest import DATA, DIGITS_JOB, hpcinfer
+
+pytestmark = pytest.mark.mpi
+
+
+def read_outputs(path):
+    with h5py.File(path, "r") as f:
+        return f["outputs"][:], dict(f.attrs)
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("hpcinfer: error")]
+
+
+@pytest.fixture(scope="module")
+def digits_runs(tmp_path_factory):
+    """The shipped demo job at 1, 2 and 3 ranks (numpy) and 2 ranks (jax)."""
+    out = tmp_path_factory.mktemp("digits")
+    runs = {}
+    for n, backend in [(1, "numpy"), (2, "numpy"), (3, "numpy"), (2, "jax")]:
+        path = out / f"{backend}-{n}.h5"
+        p = hpcinfer(
+            "run", str(DIGITS_JOB), "--backend", backend, "--set", f"output.path='{path}'", n=n
+        )
+        assert p.returncode == 0, p.stderr
+        runs[(n, backend)] = path
+    return runs
+
+
+def test_rank_counts_give_bitwise_identical_outputs(digits_runs):
+    ref, _ = read_outputs(digits_runs[(1, "numpy")])
+    for n in (2, 3):
+        got, _ = read_outputs(digits_runs[(n, "numpy")])
+        assert got.tobytes() == ref.tobytes(), f"-n {n} differs from -n 1"
+
+
+def test_outputs_match_scikit_learn_predict_proba(digits_runs):
+    got, _ = read_outputs(digits_runs[(3, "numpy")])
+    with h5py.File(DATA / "digits.h5", "r") as f:
+        proba, labels, accuracy = f["sklearn_proba"][:], f["y"][:], f.attrs["sklearn_accuracy"]
+    assert got.shape == (1797, 10) and got.dtype == np.float32
+    np.testing.assert_allclose(got, proba, rtol=1e-5, atol=2e-6)
+    assert (got.argmax(1) == labels).mean() == pytest.approx(accuracy, abs=0)
+
+
+def test_jax_agrees_with_numpy(digits_runs):
+    ref, _ = read_outputs(digits_runs[(1, "numpy")])
+    got, attrs = read_outputs(digits_runs[(2, "jax")])
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    assert json.loads(attrs["layout"])["backend"] == "jax"
+
+
+def test_output_attributes_and_no_leftovers(digits_runs):
+    path = digits_runs[(3, "numpy")]
+    _, attrs = read_outputs(path)
+    assert attrs["hpcinfer_version"]
+    assert attrs["model_path"].endswith("digits-mlp") and len(attrs["model_sha256"]) == 64
+    assert attrs["input_path"].endswith("digits.h5") and attrs["input_dataset"] == "x"
+    assert json.loads(attrs["layout"])["ranks"] == 3
+    assert json.loads(attrs["job"])["run"]["chunk_size"] == 256
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted(
+        p.name for p in digits_runs.values() if p.parent == path.parent
+    )
+
+
+def make_input(path, rows, features=64):
+    x = np.random.default_rng(0).random((rows, features), dtype=np.float32)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", data=x)
+    return x
+
+
+@pytest.mark.parametrize(
+    ("n", "rows", "chunk_size"),
+    [(3, 0, 256), (3, 500, 1000), (2, 1001, 100), (3, 7, 1)],
+    ids=["empty", "more-ranks-than-chunks", "uneven", "one-row-chunks"],
+)
+def test_edge_layouts(tmp_path, digits_job, n, rows, chunk_size):
+    x = make_input(tmp_path / "in.h5", rows)
+    job = digits_job(input_path=tmp_path / "in.h5", chunk_size=chunk_size, batch_size=64)
+    p = hpcinfer("run", str(job), n=n, timeout=90)
+    assert p.returncode == 0, p.stderr
+    got, _ = read_outputs(tmp_path / "out" / "digits.h5")
+    assert got.shape == (rows, 10)
+    serial = hpcinfer("run", str(job), "--set", f"output.path='{tmp_path / 's.h5'}'", n=1)
+    assert serial.returncode == 0, serial.stderr
+    ref, _ = read_outputs(tmp_path / "s.h5")
+    assert got.tobytes() == ref.tobytes()
+    if rows:
+        np.testing.assert_allclose(got.sum(1), 1, rtol=1e-5)
+
+
+def bad_input_file(tmp_path):
+    with h5py.File(tmp_path / "bad.h5", "w") as f:
+        f.create_dataset("x", data=np.zeros((10, 63), np.float32))
+        f.create_dataset("s", data=[b"a", b"b"])
+        f.create_group("g")
+    return tmp_path / "bad.h5"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["input.path='nope.h5'"], "nope.h5: input file not found"),
+        (["input.path='{bad}'", "input.dataset='y'"], "dataset 'y' not found"),
+        (["input.path='{bad}'", "input.dataset='g'"], "is a group, not a dataset"),
+        (["input.path='{bad}'", "input.dataset='s'"], "expected numbers"),
+        (["input.path='{bad}'"], "rows have shape (63,) but the model"),
+        (["input.path='{job}'"], "not an HDF5 file"),
+        (["model.path='nowhere'"], "model folder not found"),
+        (["run.batch_size=-1"], "run.batch_size must be >= 1"),
+        (["run.colour=1"], "--set run.colour: unknown key"),
+        (["run.backend='cupy'"], "backend 'cupy'"),
+        (["output.path='{tmp}'"], "is a folder"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, digits_job, overrides, expected):
+    job = digits_job()
+    bad = bad_input_file(tmp_path)
+    args = []
+    for o in overrides:
+        args += ["--set", o.format(bad=bad, job=job, tmp=tmp_path)]
+    p = hpcinfer("run", str(job), *args, n=2, timeout=60)
+    assert p.returncode == 2, p.stderr
+    lines = error_lines(p.stderr)
+    assert len(lines) == 1, p.stderr
+    assert expected in lines[0]
+    assert p.stderr.strip() == lines[0], "nothing but the one line (no traceback)"
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_job_file_is_one_line_and_exit_2(tmp_path):
+    job = tmp_path / "j.toml"
+    job.write_text("[model]\npath = 3\n")
+    p = hpcinfer("run", str(job), n=3, timeout=60)
+    assert p.returncode == 2
+    assert error_lines(p.stderr) == [
+        f"hpcinfer: error: {job}: model.path must be a path string, got 3"
+    ]
+
+
+@pytest.mark.parametrize("kind", ["raise", "exit"])
+def test_failure_on_one_rank_ends_the_job_quickly(tmp_path, digits_job, kind):
+    job = digits_job(chunk_size=16)  # 113 chunks: the other ranks are mid-run
+    t0 = time.monotonic()
+    p = hpcinfer(
+        "run", str(job), n=3, timeout=60, env={"HPCINFER_FAULT": f"rank=1,after=2,kind={kind}"}
+    )
+    elapsed = time.monotonic() - t0
+    assert p.returncode != 0
+    assert elapsed < 10, f"took {elapsed:.1f} s"
+    if kind == "raise":
+        assert "hpcinfer: error on rank 1 of 3" in p.stderr
+        assert "injected fault" in p.stderr
+    assert not (tmp_path / "out" / "digits.h5").exists()
+
+
+def test_help_describes_the_job_file():
+    p = hpcinfer("run", "--help", n=1, timeout=30)
+    assert p.returncode == 0
+    for word in ("batch_size", "chunk_size", "backend", "--set", "exit codes"):
+        assert word in p.stdout
+    p = hpcinfer("--help", n=1, timeout=30)
+    assert p.returncode == 0 and "run" in p.stdout
+
+
+def mpi_pytest(target: str, n: int, timeout: float = 180, test_timeout: int = 60):
+    """`mpiexec -n N python -m pytest TARGET`, each test bounded by pytest-timeout.
+
+    The thread method is the one that works here: a rank stuck inside an MPI call never
+    returns to Python to see a signal, so the watchdog thread ends the process, and
+    mpiexec then ends the other ranks.
+    """
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, mpiexec
+
+    cmd = [
+        mpiexec(),
+        "-n",
+        str(n),
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        f"timeout={test_timeout}",
+        "-o",
+        "timeout_method=thread",
+        target,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_mpi_test_suite_passes_under_mpiexec(n):
+    p = mpi_pytest("tests/mpi", n)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.count(" passed") == n  # every rank ran and passed the tests
+
+
+FAILING_TESTS = """
+import pytest
+from tests.mpi.helpers import WORLD, collective
+
+@collective
+def test_fails_on_one_rank():
+    assert WORLD.rank != 1, "rank 1 disagrees"
+
+@collective
+def test_collective_after_a_failure():
+    assert WORLD.allreduce(1) == WORLD.size
+
+def test_raises_before_a_collective():
+    if WORLD.rank == 1:
+        raise RuntimeError("rank 1 leaves early")
+    WORLD.Barrier()   # rank 0 would wait here forever without the watchdog
+"""
+
+
+def test_a_failing_mpi_test_fails_every_rank_and_never_hangs(tmp_path):
+    (tmp_path / "test_failing_mpi.py").write_text(FAILING_TESTS)
+    target = str(tmp_path / "test_failing_mpi.py")
+    p = mpi_pytest(f"{target}::test_fails_on_one_rank", 2, timeout=60, test_timeout=10)
+    assert p.returncode != 0
+    out = p.stdout + p.stderr
+    assert out.count("rank 1 of 2: AssertionError: rank 1 disagrees") >= 2  # both ranks say so
+
+    t0 = time.monotonic()
+    p = mpi_pytest(target, 2, timeout=120, test_timeout=10)
+    assert p.returncode != 0
+    assert time.monotonic() - t0 < 60
+    assert "rank 1 leaves early" in p.stdout + p.stderr
