@@ -1,4 +1,5 @@
 import importlib.util
+import itertools
 import json
 
 import numpy as np
@@ -29,7 +30,7 @@ def make_mlp(folder, sizes, activation="relu", output_activation="softmax", dtyp
     }
     (folder / "config.json").write_text(json.dumps(config))
     tensors = {}
-    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:], strict=False)):
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         tensors[f"layers.{i}.weight"] = rng.standard_normal((n_out, n_in)).astype(dtype)
         tensors[f"layers.{i}.bias"] = rng.standard_normal(n_out).astype(dtype)
     save_file(tensors, str(folder / "model.safetensors"))

@@ -87,7 +87,7 @@ def make_input(path, rows, features=64):
     ids=["empty", "more-ranks-than-chunks", "uneven", "one-row-chunks"],
 )
 def test_edge_layouts(tmp_path, digits_job, n, rows, chunk_size):
-    x = make_input(tmp_path / "in.h5", rows)
+    make_input(tmp_path / "in.h5", rows)
     job = digits_job(input_path=tmp_path / "in.h5", chunk_size=chunk_size, batch_size=64)
     p = hpcinfer("run", str(job), n=n, timeout=90)
     assert p.returncode == 0, p.stderr
