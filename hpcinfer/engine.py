@@ -38,7 +38,7 @@ def predict_rows(model: Model, rows: np.ndarray, batch_size: int) -> dict[str, n
     return out
 
 
-def output_attrs(plan: Plan, rt: Runtime) -> dict[str, Any]:
+def output_attrs(plan: Plan, rt: Runtime, compute_seconds: float) -> dict[str, Any]:
     job = plan.job
     return {
         "hpcinfer_version": __version__,
@@ -60,6 +60,8 @@ def output_attrs(plan: Plan, rt: Runtime) -> dict[str, Any]:
             "chunk_size": job.run.chunk_size,
             "n_chunks": len(plan.chunks),
         },
+        # Start of the run (before validation) to the last chunk done on any rank.
+        "compute_seconds": compute_seconds,
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
@@ -90,6 +92,7 @@ def run_job(job: Job, rt: Runtime) -> int:
     plan.reader.close()
 
     finished = rt.comm.gather([c.index for c in mine], root=0)
+    compute_seconds = time.perf_counter() - t0
     if rt.rank == 0:
         done_set = {i for part in finished for i in part}
         missing = len(plan.chunks) - len(done_set)
@@ -101,7 +104,7 @@ def run_job(job: Job, rt: Runtime) -> int:
             plan.chunks,
             plan.n_rows,
             plan.model.outputs,
-            output_attrs(plan, rt),
+            output_attrs(plan, rt, compute_seconds),
         )
         shutil.rmtree(plan.partial_dir)
         wall = time.perf_counter() - t0
