@@ -15,6 +15,7 @@ invocation, so the ratios hold even on a noisy machine.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -50,7 +51,7 @@ print(n * batch / (time.perf_counter() - t0))
 
 
 def flops_per_row(sizes: list[int]) -> int:
-    return sum(2 * a * b for a, b in zip(sizes, sizes[1:], strict=False))
+    return sum(2 * a * b for a, b in itertools.pairwise(sizes))
 
 
 def make_inputs(rows: int) -> tuple[Path, Path]:
@@ -60,15 +61,19 @@ def make_inputs(rows: int) -> tuple[Path, Path]:
         rng = np.random.default_rng(0)
         model.mkdir(exist_ok=True)
         tensors = {}
-        for i, (n_in, n_out) in enumerate(zip(SIZES, SIZES[1:], strict=False)):
+        for i, (n_in, n_out) in enumerate(itertools.pairwise(SIZES)):
             scale = 1 / np.sqrt(n_in)
             tensors[f"layers.{i}.weight"] = (rng.standard_normal((n_out, n_in)) * scale).astype(
                 np.float32
             )
             tensors[f"layers.{i}.bias"] = np.zeros(n_out, np.float32)
         save_file(tensors, str(model / "model.safetensors"))
-        config = {"model_type": "mlp", "layer_sizes": SIZES, "activation": "relu",
-                  "output_activation": "softmax"}
+        config = {
+            "model_type": "mlp",
+            "layer_sizes": SIZES,
+            "activation": "relu",
+            "output_activation": "softmax",
+        }
         (model / "config.json").write_text(json.dumps(config))
     data = WORK / f"synthetic-{rows}.h5"
     if not data.exists():
@@ -84,8 +89,20 @@ def make_inputs(rows: int) -> tuple[Path, Path]:
 def run_hpcinfer(job: Path, ranks: int, threads: int, out: Path) -> float:
     """rows/s of the compute phase (start to last chunk), as hpcinfer recorded it."""
     mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or "mpiexec"
-    cmd = [mpiexec, "-n", str(ranks), sys.executable, "-m", "hpcinfer", "run", str(job),
-           "--threads", str(threads), "--set", f"output.path='{out}'"]
+    cmd = [
+        mpiexec,
+        "-n",
+        str(ranks),
+        sys.executable,
+        "-m",
+        "hpcinfer",
+        "run",
+        str(job),
+        "--threads",
+        str(threads),
+        "--set",
+        f"output.path='{out}'",
+    ]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     with h5py.File(out, "r") as f:
         seconds = float(f.attrs["compute_seconds"])
@@ -96,8 +113,13 @@ def run_hpcinfer(job: Path, ranks: int, threads: int, out: Path) -> float:
 
 def gemm_rows_per_second(threads: int, batch: int, seconds: float = 5.0) -> float:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads)}
-    p = subprocess.run([sys.executable, "-c", GEMM_SCRIPT, repr(SIZES), str(batch), str(seconds)],
-                       check=True, capture_output=True, text=True, env=env)
+    p = subprocess.run(
+        [sys.executable, "-c", GEMM_SCRIPT, repr(SIZES), str(batch), str(seconds)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     return float(p.stdout)
 
 
@@ -116,8 +138,10 @@ def main() -> None:
         f"[run]\nbatch_size = {args.batch_size}\nchunk_size = {args.chunk_size}\n"
     )
     fpr = flops_per_row(SIZES)
-    print(f"MLP {'-'.join(map(str, SIZES))}, {args.rows:,} rows, batch {args.batch_size}, "
-          f"chunk {args.chunk_size}, {fpr / 1e6:.1f} MFLOP/row, {os.cpu_count()} cores")
+    print(
+        f"MLP {'-'.join(map(str, SIZES))}, {args.rows:,} rows, batch {args.batch_size}, "
+        f"chunk {args.chunk_size}, {fpr / 1e6:.1f} MFLOP/row, {os.cpu_count()} cores"
+    )
 
     gemm = {t: gemm_rows_per_second(t, args.batch_size) for t in (1, 2)}
     for t, r in gemm.items():
@@ -130,9 +154,11 @@ def main() -> None:
         wall = time.perf_counter() - t0
         ideal = ranks * gemm[threads]
         results[(ranks, threads)] = rate
-        print(f"  hpcinfer {ranks} rank(s) x {threads} thread(s): {rate:10,.0f} rows/s  "
-              f"{rate * fpr / 1e9:6.1f} GFLOP/s  = {rate / ideal:5.1%} of bare GEMM "
-              f"(ranks x {threads}-thread rate); launch to exit {wall:.1f} s")
+        print(
+            f"  hpcinfer {ranks} rank(s) x {threads} thread(s): {rate:10,.0f} rows/s  "
+            f"{rate * fpr / 1e9:6.1f} GFLOP/s  = {rate / ideal:5.1%} of bare GEMM "
+            f"(ranks x {threads}-thread rate); launch to exit {wall:.1f} s"
+        )
     speedup = results[(2, 1)] / results[(1, 1)]
     print(f"  2 ranks / 1 rank (1 thread each): {speedup:.2f}x")
     print(f"  2 ranks x 1 thread / 1 rank x 2 threads: {results[(2, 1)] / results[(1, 2)]:.2f}x")
