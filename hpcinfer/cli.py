@@ -32,6 +32,9 @@ job file (TOML; relative paths are resolved against the job file's folder):
            dtype       float32 | float64                       (default float32)
            threads     BLAS/XLA threads per rank; 0 = cores on the node / ranks
                        on the node (default 0; env HPCINFER_THREADS also works)
+           tp          tensor-parallel group size (default 1): every weight matrix
+                       is split over tp consecutive ranks; must divide the rank count
+           gpu_comm    cupy only: host | mpi (CUDA-aware) | nccl   (default host)
 
 exit codes: 0 the complete output file exists; 2 bad job, model, input or options
 (one line names the file or key); 1 a failure while running (the failing rank is named,
@@ -39,6 +42,7 @@ every rank stops).
 
 examples:
   mpirun -n 2 python -m hpcinfer run jobs/digits-mlp.toml
+  mpirun -n 4 python -m hpcinfer run jobs/big-mlp.toml --tp 2    # 2 DP groups x 2 TP ranks
   python -m hpcinfer run jobs/digits-mlp.toml --backend jax --set output.path=out/x.h5
 """
 
@@ -65,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="shorthand for --set run.backend=NAME",
     )
     run.add_argument("--threads", type=int, help="shorthand for --set run.threads=N")
+    run.add_argument(
+        "--tp",
+        type=int,
+        help="tensor-parallel ranks per model copy (shorthand for --set run.tp=N); "
+        "the launch's ranks form (ranks / tp) data-parallel groups of tp consecutive ranks",
+    )
     run.add_argument(
         "--set",
         dest="overrides",
@@ -93,6 +103,8 @@ def _run(args: argparse.Namespace) -> int:
         overrides.append(f"run.backend={args.backend!r}")
     if args.threads is not None:
         overrides.append(f"run.threads={args.threads}")
+    if args.tp is not None:
+        overrides.append(f"run.tp={args.tp}")
     job, error = None, None
     try:
         job = load_job(args.job, overrides)

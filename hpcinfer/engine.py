@@ -17,14 +17,15 @@ import numpy as np
 
 from hpcinfer import __version__, faults
 from hpcinfer.errors import JobError, RunError
+from hpcinfer.grid import Grid, check_tp
 from hpcinfer.io.chunk_store import ChunkStore
 from hpcinfer.io.digest import file_sha256
 from hpcinfer.io.output import assemble_output
 from hpcinfer.job import Job
 from hpcinfer.models import Model
+from hpcinfer.partition import split_range
 from hpcinfer.plan import Plan, make_plan
 from hpcinfer.runtime import Runtime, agree
-from hpcinfer.schedule import block
 
 
 def predict_rows(model: Model, rows: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
@@ -38,7 +39,9 @@ def predict_rows(model: Model, rows: np.ndarray, batch_size: int) -> dict[str, n
     return out
 
 
-def output_attrs(plan: Plan, rt: Runtime, compute_seconds: float) -> dict[str, Any]:
+def output_attrs(
+    plan: Plan, rt: Runtime, compute_seconds: float, rank_metrics: list[dict]
+) -> dict[str, Any]:
     job = plan.job
     return {
         "hpcinfer_version": __version__,
@@ -52,8 +55,8 @@ def output_attrs(plan: Plan, rt: Runtime, compute_seconds: float) -> dict[str, A
         "job": job.options(),
         "layout": {
             "ranks": rt.size,
-            "dp": rt.size,
-            "tp": 1,
+            "dp": plan.grid.dp_size,
+            "tp": plan.grid.tp,
             "threads_per_rank": rt.threads,
             "backend": job.run.backend,
             "dtype": job.run.dtype,
@@ -62,6 +65,7 @@ def output_attrs(plan: Plan, rt: Runtime, compute_seconds: float) -> dict[str, A
         },
         # Start of the run (before validation) to the last chunk done on any rank.
         "compute_seconds": compute_seconds,
+        "rank_metrics": rank_metrics,
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
@@ -69,9 +73,16 @@ def output_attrs(plan: Plan, rt: Runtime, compute_seconds: float) -> dict[str, A
 def run_job(job: Job, rt: Runtime) -> int:
     """Run `job` on every rank of `rt`; returns 0 once the complete output file exists."""
     t0 = time.perf_counter()
-    plan, error = None, None
+    error = None
     try:
-        plan = make_plan(job, rt.local_rank)
+        check_tp(rt.size, job.run.tp)
+    except JobError as e:
+        error = e
+    agree(rt, error)
+    grid = Grid.build(rt.comm, job.run.tp)
+    plan = None
+    try:
+        plan = make_plan(job, grid, rt.local_rank)
     except JobError as e:
         error = e
     agree(rt, error)
@@ -84,17 +95,28 @@ def run_job(job: Job, rt: Runtime) -> int:
         plan.partial_dir.mkdir(parents=True)
     rt.comm.Barrier()
 
-    mine = [plan.chunks[i] for i in block(len(plan.chunks), rt.rank, rt.size)]
+    mine = [plan.chunks[i] for i in split_range(len(plan.chunks), grid.dp_rank, grid.dp_size)]
     for done, chunk in enumerate(mine):
         faults.before_chunk(rt.rank, done)
         rows = plan.reader.read(chunk.start, chunk.stop)
-        store.write(chunk.index, predict_rows(plan.model, rows, job.run.batch_size))
+        result = predict_rows(plan.model, rows, job.run.batch_size)
+        if grid.is_leader:
+            store.write(chunk.index, result)
     plan.reader.close()
 
-    finished = rt.comm.gather([c.index for c in mine], root=0)
+    written = [c.index for c in mine] if grid.is_leader else []
+    metrics = {
+        "rank": rt.rank,
+        "dp_rank": grid.dp_rank,
+        "tp_rank": grid.tp_rank,
+        "chunks": len(mine),
+        "collective_seconds": grid.tp_group.seconds,
+        "collective_calls": grid.tp_group.calls,
+    }
+    finished = rt.comm.gather((written, metrics), root=0)
     compute_seconds = time.perf_counter() - t0
     if rt.rank == 0:
-        done_set = {i for part in finished for i in part}
+        done_set = {i for written, _ in finished for i in written}
         missing = len(plan.chunks) - len(done_set)
         if missing:
             raise RunError(f"{missing} of {len(plan.chunks)} chunks were not computed")
@@ -104,7 +126,7 @@ def run_job(job: Job, rt: Runtime) -> int:
             plan.chunks,
             plan.n_rows,
             plan.model.outputs,
-            output_attrs(plan, rt, compute_seconds),
+            output_attrs(plan, rt, compute_seconds, [m for _, m in finished]),
         )
         shutil.rmtree(plan.partial_dir)
         wall = time.perf_counter() - t0
@@ -114,7 +136,8 @@ def run_job(job: Job, rt: Runtime) -> int:
         )
         print(
             f"hpcinfer: wrote {job.output.path}: {shapes}; {plan.n_rows} rows in {wall:.2f} s "
-            f"({plan.n_rows / wall:,.0f} rows/s) on {rt.size} rank(s) x {rt.threads} thread(s)",
+            f"({plan.n_rows / wall:,.0f} rows/s) on {rt.size} rank(s) (dp {grid.dp_size} x "
+            f"tp {grid.tp}) x {rt.threads} thread(s)",
             file=sys.stdout,
             flush=True,
         )

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from hpcinfer.backends import get_backend
+from hpcinfer.comm import collectives_for
 from hpcinfer.errors import JobError
+from hpcinfer.grid import Grid
 from hpcinfer.io.hdf5_input import Hdf5Rows
 from hpcinfer.job import Job
 from hpcinfer.models import Model, load_model
@@ -22,6 +24,7 @@ from hpcinfer.schedule import Chunk, make_chunks
 @dataclass
 class Plan:
     job: Job
+    grid: Grid
     backend: Any
     model: Model
     reader: Hdf5Rows
@@ -50,12 +53,13 @@ def check_output_path(job: Job) -> None:
         raise JobError(f"{job.source}: output.path {out}: folder {parent} is not writable")
 
 
-def make_plan(job: Job, local_rank: int = 0) -> Plan:
-    """Validate `job` end to end and return what the engine needs to run it."""
+def make_plan(job: Job, grid: Grid, local_rank: int = 0) -> Plan:
+    """Validate `job` end to end and load this rank's shard of the model."""
     check_output_path(job)
     reader = Hdf5Rows(job.input.path, job.input.dataset)
     backend = get_backend(job.run.backend, job.run.dtype, local_rank)
-    model = load_model(job.model.path, backend, job.run.dtype)
+    tp = collectives_for(grid.tp_group, job.run.backend, job.run.gpu_comm)
+    model = load_model(job.model.path, backend, job.run.dtype, tp, grid.tp_rank)
     if reader.row_shape != model.row_shape:
         raise JobError(
             f"{reader.path}:{reader.dataset} rows have shape {reader.row_shape} but the model "
@@ -63,6 +67,7 @@ def make_plan(job: Job, local_rank: int = 0) -> Plan:
         )
     return Plan(
         job=job,
+        grid=grid,
         backend=backend,
         model=model,
         reader=reader,

@@ -30,16 +30,3 @@ def make_chunks(n_rows: int, chunk_size: int) -> list[Chunk]:
         Chunk(i, start, min(start + chunk_size, n_rows))
         for i, start in enumerate(range(0, n_rows, chunk_size))
     ]
-
-
-def block(n: int, rank: int, size: int) -> range:
-    """The contiguous share of `n` items owned by `rank` of `size`.
-
-    Items are split as evenly as possible, the remainder going to the lowest ranks:
-    n=10, size=4 -> ranks own 3, 3, 2, 2. Ranks beyond `n` own nothing.
-    """
-    if not 0 <= rank < size:
-        raise ValueError(f"rank {rank} is outside 0..{size - 1}")
-    base, extra = divmod(n, size)
-    start = rank * base + min(rank, extra)
-    return range(start, start + base + (1 if rank < extra else 0))

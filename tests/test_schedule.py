@@ -1,7 +1,8 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hpcinfer.schedule import block, make_chunks
+from hpcinfer.partition import split_range, split_sizes
+from hpcinfer.schedule import make_chunks
 
 
 def test_chunks_cover_rows_in_order():
@@ -10,12 +11,13 @@ def test_chunks_cover_rows_in_order():
     assert make_chunks(0, 4) == []
 
 
-def test_block_gives_remainder_to_lowest_ranks():
-    assert [len(block(10, r, 4)) for r in range(4)] == [3, 3, 2, 2]
-    assert [list(block(2, r, 3)) for r in range(3)] == [[0], [1], []]
+def test_splits_give_the_remainder_to_the_lowest_ranks():
+    assert split_sizes(50, 4) == [13, 13, 12, 12]
+    assert [len(split_range(10, r, 4)) for r in range(4)] == [3, 3, 2, 2]
+    assert [list(split_range(2, r, 3)) for r in range(3)] == [[0], [1], []]
 
 
 @given(st.integers(0, 500), st.integers(1, 64))
-def test_blocks_partition_items_exactly_once(n, size):
-    owned = [i for r in range(size) for i in block(n, r, size)]
+def test_splits_partition_items_exactly_once(n, size):
+    owned = [i for r in range(size) for i in split_range(n, r, size)]
     assert owned == list(range(n))

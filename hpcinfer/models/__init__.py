@@ -45,12 +45,15 @@ def read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
-def load_model(folder: Path, backend: Any, dtype: str) -> Model:
-    """Load the model in `folder` for `backend`, computing in `dtype`."""
+def load_model(folder: Path, backend: Any, dtype: str, tp: Any = None, tp_rank: int = 0) -> Model:
+    """Load this TP rank's shard of the model in `folder`, computing in `dtype`.
+
+    `tp` is the TP group's collectives (hpcinfer.comm); None means no tensor parallelism.
+    """
     config = read_config(folder)
     model_type = config.get("model_type")
     if model_type == "mlp":
         from hpcinfer.models.mlp import MLP
 
-        return MLP.load(folder, config, backend, dtype)
+        return MLP.load(folder, config, backend, dtype, tp, tp_rank)
     raise JobError(f"{folder / 'config.json'}: unsupported model_type {model_type!r} (known: mlp)")

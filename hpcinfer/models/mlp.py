@@ -9,6 +9,10 @@ Folder contract:
 
 Forward, for layer i with W_i stored as (out_i, in_i):
     x_{i+1} = act(x_i @ W_i^T + b_i)      # (B, out_i); the last layer uses output_activation
+
+Under tensor parallelism layers alternate column- and row-parallel (hpcinfer.parallel),
+so each pair of layers costs one all-reduce; an odd last layer is column-parallel with its
+(small) output all-gathered. Any width works with any tp: uneven splits are allowed.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from hpcinfer.comm import Collectives, Solo
 from hpcinfer.errors import JobError
 from hpcinfer.io.safetensors_file import SafetensorsFile
+from hpcinfer.parallel import column_linear, row_linear, shard_range, shard_sizes
 
 
 def relu(x, xp):
@@ -51,11 +57,39 @@ ACTIVATIONS = {"relu": relu, "tanh": tanh, "logistic": logistic, "identity": ide
 OUTPUT_ACTIVATIONS = {"softmax": softmax, "logistic": logistic, "identity": identity}
 
 
-def mlp_forward(params, x, *, xp, activation: str, output_activation: str):
-    """x (B, in) -> (B, out). params: [(w_t (in_i, out_i), b (out_i,)), ...]."""
+@dataclass(frozen=True)
+class LayerSplit:
+    """How one layer is split over the TP group (see hpcinfer.parallel)."""
+
+    kind: str  # "column" (split along out) or "row" (split along in)
+    gather_counts: tuple[int, ...] | None = None  # column layer whose output is gathered
+
+
+def layer_splits(layer_sizes: tuple[int, ...], tp: int) -> tuple[LayerSplit, ...]:
+    """Megatron pairing: column, row, column, row, ...; an odd last layer is gathered."""
+    n = len(layer_sizes) - 1
+    splits = []
+    for i in range(n):
+        if i % 2:
+            splits.append(LayerSplit("row"))
+        elif i == n - 1:  # a column layer with no row layer after it
+            splits.append(LayerSplit("column", shard_sizes(layer_sizes[i + 1], tp)))
+        else:
+            splits.append(LayerSplit("column"))
+    return tuple(splits)
+
+
+def mlp_forward(params, x, *, xp, tp, splits, activation: str, output_activation: str):
+    """x (B, in) -> (B, out) on every rank of the TP group.
+
+    params: this rank's [(w (out_i or out_i/tp, in_i or in_i/tp), b), ...] per `splits`.
+    """
     hidden, last = ACTIVATIONS[activation], OUTPUT_ACTIVATIONS[output_activation]
-    for i, (w_t, b) in enumerate(params):
-        x = x @ w_t + b  # (B, out_i)
+    for i, ((w, b), split) in enumerate(zip(params, splits, strict=True)):
+        if split.kind == "row":
+            x = row_linear(x, w, b, tp)  # (B, out_i), complete
+        else:
+            x = column_linear(x, w, b, tp, split.gather_counts)  # (B, out_i/tp) or (B, out_i)
         x = last(x, xp) if i == len(params) - 1 else hidden(x, xp)
     return x
 
@@ -91,11 +125,32 @@ class MLPConfig:
             )
         return cls(tuple(sizes), activation, output_activation)
 
+    def check_tp(self, tp: int, where: Path) -> None:
+        """Each TP rank must hold at least one unit of every hidden layer it splits.
 
-def read_mlp_weights(folder: Path, config: MLPConfig, dtype: str) -> list[tuple[Any, Any]]:
-    """[(w_t (in_i, out_i), b (out_i,))] as host arrays in `dtype`, shapes checked."""
+        (The gathered output layer of an odd-length MLP may leave a rank with none: a
+        binary classifier's single output works under any tp.)
+        """
+        for i, split in enumerate(layer_splits(self.layer_sizes, tp)):
+            width = self.layer_sizes[i + 1]
+            if split.kind == "column" and split.gather_counts is None and width < tp:
+                raise JobError(
+                    f"{where}: run.tp = {tp} is larger than layer {i}'s {width} outputs "
+                    f"(layer_sizes {list(self.layer_sizes)}); use tp <= {width}"
+                )
+
+
+def read_mlp_shard(
+    folder: Path, config: MLPConfig, dtype: str, tp_rank: int = 0, tp: int = 1
+) -> list[tuple[Any, Any]]:
+    """This TP rank's [(w, b)] as host arrays in `dtype`, reading only its slices.
+
+    Column layers keep rows `shard_range(out_i)` of w (out_i, in_i) and of b; row layers
+    keep columns `shard_range(in_i)` of w and all of b (added once, after the sum).
+    """
     weights = SafetensorsFile(folder / "model.safetensors")
     params = []
+    splits = layer_splits(config.layer_sizes, tp)
     for i, (n_in, n_out) in enumerate(itertools.pairwise(config.layer_sizes)):
         for name, shape in ((f"layers.{i}.weight", (n_out, n_in)), (f"layers.{i}.bias", (n_out,))):
             info = weights.info(name)
@@ -104,17 +159,39 @@ def read_mlp_weights(folder: Path, config: MLPConfig, dtype: str) -> list[tuple[
                     f"{weights.path}: {name} has shape {info.shape}, expected {shape} "
                     f"from layer_sizes in config.json"
                 )
-        w = weights.read(f"layers.{i}.weight", dtype=dtype)  # (out_i, in_i)
-        b = weights.read(f"layers.{i}.bias", dtype=dtype)  # (out_i,)
-        params.append((np.ascontiguousarray(w.T), b))
+        if splits[i].kind == "column":
+            rows = _as_slice(shard_range(n_out, tp_rank, tp))
+            w = weights.read(f"layers.{i}.weight", rows=rows, dtype=dtype)  # (out_i/tp, in_i)
+            b = weights.read(f"layers.{i}.bias", rows=rows, dtype=dtype)  # (out_i/tp,)
+        else:
+            cols = _as_slice(shard_range(n_in, tp_rank, tp))
+            w = weights.read(f"layers.{i}.weight", cols=cols, dtype=dtype)  # (out_i, in_i/tp)
+            b = weights.read(f"layers.{i}.bias", dtype=dtype)  # (out_i,)
+        params.append((w, b))
     return params
 
 
-class MLP:
-    """An MLP bound to a backend: host batch in, host probabilities/logits out."""
+def _as_slice(r: range) -> slice:
+    return slice(r.start, r.stop)
 
-    def __init__(self, config: MLPConfig, params: list, backend: Any, dtype: str):
+
+class MLP:
+    """An MLP bound to a backend and a TP group: host batch in, host outputs out.
+
+    Every rank of the TP group gets the same rows and returns the same, complete outputs.
+    """
+
+    def __init__(
+        self,
+        config: MLPConfig,
+        params: list,
+        backend: Any,
+        dtype: str,
+        tp: Collectives | None = None,
+    ):
+        tp = tp or Solo()
         self.config = config
+        self.tp_size = tp.size
         self.backend = backend
         self.dtype = np.dtype(dtype)
         self.params = [(backend.asarray(w), backend.asarray(b)) for w, b in params]
@@ -126,13 +203,26 @@ class MLP:
                 xp=backend.xp,
                 activation=config.activation,
                 output_activation=config.output_activation,
+                tp=tp,
+                splits=layer_splits(config.layer_sizes, tp.size),
             )
         )
 
     @classmethod
-    def load(cls, folder: Path, config: dict[str, Any], backend: Any, dtype: str) -> MLP:
+    def load(
+        cls,
+        folder: Path,
+        config: dict[str, Any],
+        backend: Any,
+        dtype: str,
+        tp: Collectives | None = None,
+        tp_rank: int = 0,
+    ) -> MLP:
+        tp = tp or Solo()
         mlp_config = MLPConfig.from_json(config, folder / "config.json")
-        return cls(mlp_config, read_mlp_weights(folder, mlp_config, dtype), backend, dtype)
+        mlp_config.check_tp(tp.size, folder / "config.json")
+        params = read_mlp_shard(folder, mlp_config, dtype, tp_rank, tp.size)
+        return cls(mlp_config, params, backend, dtype, tp)
 
     def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         y = self._forward(self.params, self.backend.asarray(batch))  # (B, out)

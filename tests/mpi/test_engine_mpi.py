@@ -14,8 +14,9 @@ from hpcinfer.engine import run_job
 from hpcinfer.errors import JobError
 from hpcinfer.job import load_job
 from hpcinfer.models import load_model
+from hpcinfer.partition import split_range
 from hpcinfer.runtime import agree
-from hpcinfer.schedule import block, make_chunks
+from hpcinfer.schedule import make_chunks
 from tests.conftest import DATA, DIGITS_JOB
 from tests.mpi.helpers import WORLD, collective, make_runtime
 
@@ -36,7 +37,7 @@ def shared_tmp():
 @collective
 def test_blocks_cover_every_chunk_exactly_once(rt):
     chunks = make_chunks(1001, 100)
-    mine = list(block(len(chunks), rt.rank, rt.size))
+    mine = list(split_range(len(chunks), rt.rank, rt.size))
     owned = sorted(i for part in rt.comm.allgather(mine) for i in part)
     assert owned == list(range(len(chunks)))
 

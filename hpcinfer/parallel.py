@@ -1,0 +1,66 @@
+"""Tensor-parallel kernels (Megatron-style), written once for numpy, JAX and CuPy arrays.
+
+Three tiers, as in Megatron's tensor_parallel package:
+  1. collectives on a group            hpcinfer.comm (`tp.all_reduce`, `tp.all_gather_last`)
+  2. named region operations           reduce_from_tp_region, gather_from_tp_region
+  3. layers                            column_linear, row_linear
+
+A linear layer Y = X A^T + b with A stored as (out, in), split over a TP group of `tp`
+ranks:
+
+  column-parallel: A split along `out` (rows of the stored matrix). Rank r holds A_r
+      (out_r, in) and b_r; Y_r = X A_r^T + b_r is its slice of the output columns.
+      No communication, unless the full Y is needed (all-gather along the last axis).
+  row-parallel: A split along `in` (columns of the stored matrix). Rank r holds A_r
+      (out, in_r) and gets X_r, the matching slice of X's columns: the partial products
+      X_r A_r^T are summed over the group (one all-reduce), then b is added, once.
+
+A column-parallel layer feeding a row-parallel one needs no communication between them
+(the column layer's output slice is exactly the row layer's input slice), so an MLP
+block of two layers costs one all-reduce. Uneven splits are allowed: a dimension of n
+over tp ranks gives the first n % tp ranks one more row (hpcinfer.partition).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hpcinfer.comm import Collectives
+from hpcinfer.partition import split_range, split_sizes
+
+
+def shard_range(n: int, tp_rank: int, tp: int) -> range:
+    """Indices of a dimension of size n held by tp_rank."""
+    return split_range(n, tp_rank, tp)
+
+
+def shard_sizes(n: int, tp: int) -> tuple[int, ...]:
+    return tuple(split_sizes(n, tp))
+
+
+def reduce_from_tp_region(x: Any, tp: Collectives) -> Any:
+    """Partial sums on every rank -> the full sum on every rank."""
+    return tp.all_reduce(x)
+
+
+def gather_from_tp_region(x: Any, tp: Collectives, counts: tuple[int, ...]) -> Any:
+    """Column slices (..., counts[r]) on every rank -> the full (..., sum(counts))."""
+    return tp.all_gather_last(x, counts)
+
+
+def column_linear(
+    x: Any,
+    w: Any,
+    b: Any,
+    tp: Collectives,
+    gather_counts: tuple[int, ...] | None = None,
+) -> Any:
+    """x (B, in) @ w_r (out_r, in)^T + b_r -> (B, out_r); all-gathered to (B, out) if asked."""
+    y = x @ w.T + b  # (B, out_r)
+    return y if gather_counts is None else gather_from_tp_region(y, tp, gather_counts)
+
+
+def row_linear(x: Any, w: Any, b: Any, tp: Collectives) -> Any:
+    """x_r (B, in_r) @ w_r (out, in_r)^T, summed over the group, + b -> (B, out)."""
+    partial = x @ w.T  # (B, out), this rank's share of the sum
+    return reduce_from_tp_region(partial, tp) + b

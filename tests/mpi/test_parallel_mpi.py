@@ -1,0 +1,88 @@
+"""Tensor-parallel kernels and the grid against the serial result, at any rank count.
+
+mpiexec -n 3 python -m pytest tests/mpi
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hpcinfer.backends import get_backend
+from hpcinfer.comm import Group, collectives_for
+from hpcinfer.grid import Grid
+from hpcinfer.parallel import column_linear, row_linear, shard_range, shard_sizes
+from tests.mpi.helpers import WORLD, collective
+
+B, IN, OUT = 6, 11, 7  # widths not divisible by 2, 3 or 4
+
+
+def serial_weights():
+    rng = np.random.default_rng(0)  # same on every rank
+    return (
+        rng.standard_normal((B, IN)),
+        rng.standard_normal((OUT, IN)),
+        rng.standard_normal(OUT),
+    )
+
+
+def as_slice(r: range) -> slice:
+    return slice(r.start, r.stop)
+
+
+@pytest.fixture(scope="module")
+def world_group():
+    return Group(WORLD.Dup())
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "jax"])
+@collective
+def test_column_linear_gathered_equals_serial(world_group, backend_name):
+    backend = get_backend(backend_name, "float64")
+    tp = collectives_for(world_group, backend_name)
+    x, w, b = serial_weights()
+    rows = as_slice(shard_range(OUT, WORLD.rank, WORLD.size))
+    counts = shard_sizes(OUT, WORLD.size)
+
+    def fn(x, w, b):
+        return column_linear(x, w, b, tp, counts)
+
+    got = backend.jit(fn)(backend.asarray(x), backend.asarray(w[rows]), backend.asarray(b[rows]))
+    np.testing.assert_allclose(backend.to_host(got), x @ w.T + b, rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "jax"])
+@collective
+def test_row_linear_sums_partials_and_adds_the_bias_once(world_group, backend_name):
+    backend = get_backend(backend_name, "float64")
+    tp = collectives_for(world_group, backend_name)
+    x, w, b = serial_weights()
+    cols = as_slice(shard_range(IN, WORLD.rank, WORLD.size))
+
+    def fn(x, w, b):
+        return row_linear(x, w, b, tp)
+
+    got = backend.jit(fn)(
+        backend.asarray(x[:, cols]), backend.asarray(w[:, cols]), backend.asarray(b)
+    )
+    np.testing.assert_allclose(backend.to_host(got), x @ w.T + b, rtol=1e-12)
+
+
+@collective
+def test_collective_time_is_counted(world_group):
+    tp = collectives_for(world_group, "numpy")
+    calls = world_group.calls
+    tp.all_reduce(np.ones(3))
+    assert world_group.calls == calls + (1 if WORLD.size > 1 else 0)
+
+
+@pytest.mark.parametrize("tp", [1, "all"])
+@collective
+def test_grid_groups_consecutive_ranks(tp):
+    tp = WORLD.size if tp == "all" else tp
+    grid = Grid.build(WORLD, tp)
+    assert grid.tp == tp and grid.dp_size == WORLD.size // tp
+    assert (grid.dp_rank, grid.tp_rank) == divmod(WORLD.rank, tp)
+    members = grid.tp_group.comm.allgather(WORLD.rank)
+    assert members == list(range(grid.dp_rank * tp, grid.dp_rank * tp + tp))
+    assert grid.is_leader == (WORLD.rank % tp == 0)
