@@ -34,7 +34,8 @@ job file (TOML; relative paths are resolved against the job file's folder):
                        on the node (default 0; env HPCINFER_THREADS also works)
            tp          tensor-parallel group size (default 1): every weight matrix
                        is split over tp consecutive ranks; must divide the rank count
-           gpu_comm    cupy only: host | mpi (CUDA-aware) | nccl   (default host)
+           tp_comm     how tensors cross the TP group (default auto): numpy: mpi;
+                       jax: host | mpi4jax; cupy: host | mpi (CUDA-aware) | nccl
 
 exit codes: 0 the complete output file exists; 2 bad job, model, input or options
 (one line names the file or key); 1 a failure while running (the failing rank is named,

@@ -7,6 +7,7 @@ assembles the final HDF5 file  ->  every rank exits 0 only once that file exists
 
 from __future__ import annotations
 
+import resource
 import shutil
 import sys
 import time
@@ -26,6 +27,11 @@ from hpcinfer.models import Model
 from hpcinfer.partition import split_range
 from hpcinfer.plan import Plan, make_plan
 from hpcinfer.runtime import Runtime, agree
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def predict_rows(model: Model, rows: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
@@ -57,6 +63,7 @@ def output_attrs(
             "ranks": rt.size,
             "dp": plan.grid.dp_size,
             "tp": plan.grid.tp,
+            "tp_comm": plan.tp_comm,
             "threads_per_rank": rt.threads,
             "backend": job.run.backend,
             "dtype": job.run.dtype,
@@ -87,6 +94,8 @@ def run_job(job: Job, rt: Runtime) -> int:
         error = e
     agree(rt, error)
     assert plan is not None  # agree() raised otherwise
+    rss_after_load = peak_rss_mb()
+    load_seconds = time.perf_counter() - t0
 
     store = ChunkStore(plan.partial_dir)
     if rt.rank == 0:
@@ -96,6 +105,7 @@ def run_job(job: Job, rt: Runtime) -> int:
     rt.comm.Barrier()
 
     mine = [plan.chunks[i] for i in split_range(len(plan.chunks), grid.dp_rank, grid.dp_size)]
+    t_loop = time.perf_counter()
     for done, chunk in enumerate(mine):
         faults.before_chunk(rt.rank, done)
         rows = plan.reader.read(chunk.start, chunk.stop)
@@ -103,6 +113,7 @@ def run_job(job: Job, rt: Runtime) -> int:
         if grid.is_leader:
             store.write(chunk.index, result)
     plan.reader.close()
+    loop_seconds = time.perf_counter() - t_loop
 
     written = [c.index for c in mine] if grid.is_leader else []
     metrics = {
@@ -110,8 +121,14 @@ def run_job(job: Job, rt: Runtime) -> int:
         "dp_rank": grid.dp_rank,
         "tp_rank": grid.tp_rank,
         "chunks": len(mine),
+        "rows": sum(c.rows for c in mine),
+        "load_seconds": load_seconds,  # start, validation, loading the model shard
+        "loop_seconds": loop_seconds,  # reading, computing and writing this rank's chunks
         "collective_seconds": grid.tp_group.seconds,
         "collective_calls": grid.tp_group.calls,
+        "weight_mb": plan.model.weight_bytes / 2**20,
+        "peak_rss_mb_after_load": rss_after_load,
+        "peak_rss_mb": peak_rss_mb(),
     }
     finished = rt.comm.gather((written, metrics), root=0)
     compute_seconds = time.perf_counter() - t0

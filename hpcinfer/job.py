@@ -5,7 +5,7 @@ A job file has four sections:
     [model]   path = "../data/models/digits-mlp"
     [input]   path = "../data/digits.h5", dataset = "x"
     [output]  path = "../out/digits-mlp.h5"
-    [run]     backend, batch_size, chunk_size, dtype, threads, tp, gpu_comm
+    [run]     backend, batch_size, chunk_size, dtype, threads, tp, tp_comm
 
 Relative paths are resolved against the job file's folder, so a job runs the same from
 any working directory. Values given with `--set section.key=value` on the command line
@@ -25,7 +25,7 @@ from hpcinfer.errors import JobError
 
 BACKENDS = ("numpy", "jax", "cupy")
 DTYPES = ("float32", "float64")
-GPU_COMMS = ("host", "mpi", "nccl")
+TP_COMMS = ("auto", "mpi", "host", "mpi4jax", "nccl")
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,8 @@ class RunSection:
     threads: int = field(default=0, metadata={"kind": int, "min": 0})
     # Ranks per tensor-parallel group: each holds 1/tp of every weight matrix.
     tp: int = field(default=1, metadata={"kind": int, "min": 1})
-    # How CuPy arrays cross ranks: host-staged, CUDA-aware MPI, or NCCL.
-    gpu_comm: str = field(default="host", metadata={"kind": str, "choices": GPU_COMMS})
+    # How tensors cross the TP group (per backend; see hpcinfer.comm): auto = the default.
+    tp_comm: str = field(default="auto", metadata={"kind": str, "choices": TP_COMMS})
 
 
 SECTIONS: dict[str, type] = {

@@ -5,15 +5,16 @@ Three tiers, as in Megatron's tensor_parallel package:
   2. named region operations           reduce_from_tp_region, gather_from_tp_region
   3. layers                            column_linear, row_linear
 
-A linear layer Y = X A^T + b with A stored as (out, in), split over a TP group of `tp`
-ranks:
+A linear layer Y = X A^T + b (A stored as (out, in) in the model file, held in memory
+transposed, as W = A^T (in, out), so every backend runs a plain X @ W with no transpose
+materialised) is split over a TP group of `tp` ranks:
 
-  column-parallel: A split along `out` (rows of the stored matrix). Rank r holds A_r
-      (out_r, in) and b_r; Y_r = X A_r^T + b_r is its slice of the output columns.
-      No communication, unless the full Y is needed (all-gather along the last axis).
-  row-parallel: A split along `in` (columns of the stored matrix). Rank r holds A_r
-      (out, in_r) and gets X_r, the matching slice of X's columns: the partial products
-      X_r A_r^T are summed over the group (one all-reduce), then b is added, once.
+  column-parallel: W split along `out`. Rank r holds W_r (in, out_r) and b_r;
+      Y_r = X W_r + b_r is its slice of the output columns. No communication, unless
+      the full Y is needed (all-gather along the last axis).
+  row-parallel: W split along `in`. Rank r holds W_r (in_r, out) and gets X_r, the
+      matching slice of X's columns: the partial products X_r W_r are summed over the
+      group (one all-reduce), then b is added, once.
 
 A column-parallel layer feeding a row-parallel one needs no communication between them
 (the column layer's output slice is exactly the row layer's input slice), so an MLP
@@ -55,12 +56,15 @@ def column_linear(
     tp: Collectives,
     gather_counts: tuple[int, ...] | None = None,
 ) -> Any:
-    """x (B, in) @ w_r (out_r, in)^T + b_r -> (B, out_r); all-gathered to (B, out) if asked."""
-    y = x @ w.T + b  # (B, out_r)
+    """x (B, in) @ w_r (in, out_r) + b_r -> (B, out_r); all-gathered to (B, out) if asked."""
+    y = x @ w  # (B, out_r)
+    y += b  # in place on numpy/cupy (one (B, out_r) buffer fewer); rebinds on JAX
     return y if gather_counts is None else gather_from_tp_region(y, tp, gather_counts)
 
 
 def row_linear(x: Any, w: Any, b: Any, tp: Collectives) -> Any:
-    """x_r (B, in_r) @ w_r (out, in_r)^T, summed over the group, + b -> (B, out)."""
-    partial = x @ w.T  # (B, out), this rank's share of the sum
-    return reduce_from_tp_region(partial, tp) + b
+    """x_r (B, in_r) @ w_r (in_r, out), summed over the group, + b -> (B, out)."""
+    partial = x @ w  # (B, out), this rank's share of the sum
+    y = reduce_from_tp_region(partial, tp)
+    y += b  # once, after the sum
+    return y

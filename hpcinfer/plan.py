@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcinfer.backends import get_backend
-from hpcinfer.comm import collectives_for
+from hpcinfer.comm import collectives_for, resolve_tp_comm
 from hpcinfer.errors import JobError
 from hpcinfer.grid import Grid
 from hpcinfer.io.hdf5_input import Hdf5Rows
@@ -25,6 +25,7 @@ from hpcinfer.schedule import Chunk, make_chunks
 class Plan:
     job: Job
     grid: Grid
+    tp_comm: str  # the collective path actually used (run.tp_comm resolved)
     backend: Any
     model: Model
     reader: Hdf5Rows
@@ -58,7 +59,8 @@ def make_plan(job: Job, grid: Grid, local_rank: int = 0) -> Plan:
     check_output_path(job)
     reader = Hdf5Rows(job.input.path, job.input.dataset)
     backend = get_backend(job.run.backend, job.run.dtype, local_rank)
-    tp = collectives_for(grid.tp_group, job.run.backend, job.run.gpu_comm)
+    tp_comm = resolve_tp_comm(job.run.backend, job.run.tp_comm)
+    tp = collectives_for(grid.tp_group, job.run.backend, tp_comm)
     model = load_model(job.model.path, backend, job.run.dtype, tp, grid.tp_rank)
     if reader.row_shape != model.row_shape:
         raise JobError(
@@ -68,6 +70,7 @@ def make_plan(job: Job, grid: Grid, local_rank: int = 0) -> Plan:
     return Plan(
         job=job,
         grid=grid,
+        tp_comm=tp_comm,
         backend=backend,
         model=model,
         reader=reader,

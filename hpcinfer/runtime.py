@@ -79,7 +79,8 @@ def start(requested_threads: int = 0) -> Runtime:
         os.environ[var] = str(threads)
     # A launcher that already bound the rank (srun --cpu-bind, mpiexec -bind-to) wins.
     bound_by_launcher = len(affinity) < (os.cpu_count() or len(affinity))
-    if local_size > 1 and not bound_by_launcher and os.environ.get("HPCINFER_BIND", "1") != "0":
+    shares_cores = local_size > 1 or threads < len(affinity)
+    if shares_cores and not bound_by_launcher and os.environ.get("HPCINFER_BIND", "1") != "0":
         # XLA's CPU thread pool sizes itself from the affinity mask, not from env vars.
         os.sched_setaffinity(0, pinned_cores(affinity, local_rank, threads))
     return Runtime(

@@ -39,8 +39,8 @@ def test_shards_reassemble_the_full_weights(tmp_path, tp):
     shards = [read_mlp_shard(tmp_path / "m", config, "float32", r, tp) for r in range(tp)]
     for i, split in enumerate(layer_splits(tuple(sizes), tp)):
         w_full, b_full = tensors[f"layers.{i}.weight"], tensors[f"layers.{i}.bias"]
-        axis = 0 if split.kind == "column" else 1
-        np.testing.assert_array_equal(np.concatenate([s[i][0] for s in shards], axis), w_full)
+        axis = 1 if split.kind == "column" else 0  # held transposed: (in, out)
+        np.testing.assert_array_equal(np.concatenate([s[i][0] for s in shards], axis), w_full.T)
         if split.kind == "column":
             np.testing.assert_array_equal(np.concatenate([s[i][1] for s in shards]), b_full)
         else:

@@ -31,13 +31,11 @@ def test_reads_match_the_reference_library(tensors):
         np.testing.assert_array_equal(f.read(name), ref)
 
 
-def test_row_and_column_slices_read_only_their_part(tensors, monkeypatch):
+def test_row_and_column_slices_read_only_their_part(tensors):
     path, data = tensors
     f = SafetensorsFile(path)
     np.testing.assert_array_equal(f.read("f32", rows=slice(3, 9)), data["f32"][3:9])
     np.testing.assert_array_equal(f.read("f32", cols=slice(5, 17)), data["f32"][:, 5:17])
-    # Small read blocks exercise the blocked column path.
-    monkeypatch.setattr("hpcinfer.io.safetensors_file.BLOCK_BYTES", 100)
     got = f.read("f32", rows=slice(1, 30), cols=slice(20, 23))
     np.testing.assert_array_equal(got, data["f32"][1:30, 20:23])
     assert f.read("f16", dtype="float32").dtype == np.float32
@@ -76,3 +74,13 @@ def test_corrupt_files_are_clear_errors(tmp_path, payload, expected):
     with pytest.raises(JobError, match=expected) as e:
         SafetensorsFile(path)
     assert str(path) in str(e.value)
+
+
+def test_transposed_reads_in_small_blocks(tensors, monkeypatch):
+    path, data = tensors
+    monkeypatch.setattr("hpcinfer.io.safetensors_file.TRANSPOSE_BLOCK_BYTES", 50)
+    f = SafetensorsFile(path)
+    got = f.read_transposed("f32", rows=slice(2, 31), cols=slice(4, 19), dtype="float64")
+    assert got.flags.c_contiguous and got.dtype == np.float64
+    np.testing.assert_array_equal(got, data["f32"][2:31, 4:19].T)
+    np.testing.assert_array_equal(f.read_transposed("f16"), data["f16"].T.astype(np.float32))

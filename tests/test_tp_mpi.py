@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import h5py
@@ -27,8 +28,8 @@ def models(tmp_path_factory):
     return root
 
 
-def run_layout(root, model, ranks, tp, backend="numpy", extra=()):
-    out = root / f"{model}-{backend}-{ranks}x{tp}.h5"
+def run_layout(root, model, ranks, tp, backend="numpy", extra=(), tag=""):
+    out = root / f"{model}-{backend}-{ranks}x{tp}{tag}.h5"
     job = write_job(
         root / f"{model}.toml",
         model={"path": str(root / model)},
@@ -72,8 +73,30 @@ def test_every_layout_gives_the_serial_logits(models, reference, ranks, tp, back
     assert (layout["ranks"], layout["tp"], layout["dp"]) == (ranks, tp, ranks // tp)
     metrics = json.loads(attrs["rank_metrics"])
     assert [m["rank"] for m in metrics] == list(range(ranks))
-    if tp > 1:  # two all-reduces per batch (two layer pairs), on every rank
+    if tp > 1 and layout["tp_comm"] != "mpi4jax":  # (inside jax.jit: not counted)
         assert all(m["collective_calls"] > 0 for m in metrics)
+
+
+HAVE_MPI4JAX = importlib.util.find_spec("mpi4jax") is not None
+
+
+@pytest.mark.parametrize(
+    "tp_comm",
+    [
+        "host",
+        pytest.param(
+            "mpi4jax", marks=pytest.mark.skipif(not HAVE_MPI4JAX, reason="mpi4jax not installed")
+        ),
+    ],
+)
+@pytest.mark.parametrize(("ranks", "tp"), [(2, 2), (3, 3)])
+def test_jax_collective_paths(models, reference, ranks, tp, tp_comm):
+    p, out = run_layout(models, "pairs", ranks, tp, "jax", ["--set", f"run.tp_comm='{tp_comm}'"])
+    assert p.returncode == 0, p.stderr
+    assert_same_logits(logits(out)[0], reference["pairs"])
+    p, out = run_layout(models, "odd", ranks, tp, "jax", ["--set", f"run.tp_comm='{tp_comm}'"])
+    assert p.returncode == 0, p.stderr
+    assert_same_logits(logits(out)[0], reference["odd"])
 
 
 @pytest.mark.parametrize(("ranks", "tp"), [(2, 2), (3, 3), (4, 4)])
@@ -98,10 +121,12 @@ def test_same_layout_is_bitwise_reproducible(models):
         ("pairs", 3, 2, "run.tp = 2 does not divide the 3 rank(s)"),
         ("narrow", 4, 4, "run.tp = 4 is larger than layer 0's 3 outputs"),
         ("pairs", 2, 0, "run.tp must be >= 1"),
+        ("pairs", 2, 2, "run.tp_comm = 'nccl' is not available with backend 'numpy'"),
     ],
 )
 def test_a_wrong_tp_is_one_line_and_exit_2(models, model, ranks, tp, expected):
-    p, out = run_layout(models, model, ranks, tp)
+    extra = ["--set", "run.tp_comm='nccl'"] if "nccl" in expected else []
+    p, out = run_layout(models, model, ranks, tp, extra=extra, tag="-refused")
     assert p.returncode == 2, p.stderr
     lines = [line for line in p.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("hpcinfer: error:"), p.stderr

@@ -2,9 +2,9 @@
 
 Format: 8-byte little-endian header length, a JSON header {name: {dtype, shape,
 data_offsets}}, then the raw row-major data. Parsing it here (rather than through
-`safetensors.numpy`) buys three things: BF16 (numpy has no bfloat16), slices along
-rows *or* columns without reading the whole tensor (tensor-parallel loading), and
-header-only inspection. Nothing is ever unpickled.
+`safetensors.numpy`) buys four things: BF16 (numpy has no bfloat16), slices along
+rows *or* columns without reading the whole tensor (tensor-parallel loading), transposed
+reads without a second full copy, and header-only inspection. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ STORED_DTYPES = {
     "BOOL": np.dtype("?"),
 }
 MAX_HEADER_BYTES = 100 * 2**20
-BLOCK_BYTES = 16 * 2**20  # column slices are read this many bytes of rows at a time
+TRANSPOSE_BLOCK_BYTES = 4 * 2**20  # read_transposed works through this many bytes at a time
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ class SafetensorsFile:
         row_elems = int(np.prod(shape[1:], dtype=np.int64))
         row_bytes = row_elems * stored.itemsize
         n_rows = max(0, r1 - r0)
-        full_cols = cols == slice(None) or len(shape) < 2
+        full_cols = len(shape) < 2 or cols.indices(shape[1]) == (0, shape[1], 1)
         if not full_cols and len(shape) != 2:
             raise ValueError("column slices are supported for 2-D tensors only")
         with self.path.open("rb") as f:
@@ -96,26 +96,53 @@ class SafetensorsFile:
                 c0, c1, cstep = cols.indices(shape[1])
                 if cstep != 1:
                     raise ValueError("column slices must be contiguous")
+                # Row by row, straight into the result: no buffer beyond the slice itself.
                 data = np.empty((n_rows, max(0, c1 - c0)), dtype=stored)
-                block = max(1, BLOCK_BYTES // max(1, row_bytes))
-                for i in range(0, n_rows, block):
-                    m = min(block, n_rows - i)
-                    part = _pread(f, info.begin + (r0 + i) * row_bytes, m * row_bytes, stored)
-                    data[i : i + m] = part.reshape(m, shape[1])[:, c0:c1]
+                for i in range(n_rows):
+                    offset = info.begin + (r0 + i) * row_bytes + c0 * stored.itemsize
+                    _pread_into(f, offset, memoryview(data[i]).cast("B"))
         if not info.shape:
             data = data.reshape(())
         if info.dtype == "BF16":
             data = bf16_to_f32(data)
         return data if dtype is None else data.astype(dtype, copy=False)
 
+    def read_transposed(
+        self,
+        name: str,
+        rows: slice = slice(None),
+        cols: slice = slice(None),
+        dtype: np.dtype | str = "float32",
+    ) -> np.ndarray:
+        """Tensor `name`[rows, cols].T of a 2-D tensor, C-contiguous, in `dtype`.
+
+        Built a few MiB of rows at a time, so the only memory held is the result itself.
+        """
+        info = self.info(name)
+        if len(info.shape) != 2:
+            raise ValueError(f"{name}: read_transposed needs a 2-D tensor, got {info.shape}")
+        r0, r1, _ = rows.indices(info.shape[0])
+        c0, c1, _ = cols.indices(info.shape[1])
+        n_rows, n_cols = max(0, r1 - r0), max(0, c1 - c0)
+        out = np.empty((n_cols, n_rows), dtype=dtype)
+        block = max(1, TRANSPOSE_BLOCK_BYTES // max(1, n_cols * STORED_DTYPES[info.dtype].itemsize))
+        for i in range(0, n_rows, block):
+            m = min(block, n_rows - i)
+            part = self.read(name, rows=slice(r0 + i, r0 + i + m), cols=slice(c0, c1))
+            out[:, i : i + m] = part.T
+        return out
+
 
 def _pread(f, offset: int, nbytes: int, dtype: np.dtype) -> np.ndarray:
-    f.seek(offset)
     buf = bytearray(nbytes)
-    got = f.readinto(buf)
-    if got != nbytes:
-        raise JobError(f"{f.name}: truncated (wanted {nbytes} bytes at offset {offset})")
+    _pread_into(f, offset, memoryview(buf))
     return np.frombuffer(buf, dtype=dtype)
+
+
+def _pread_into(f, offset: int, view: memoryview) -> None:
+    f.seek(offset)
+    if f.readinto(view) != len(view):
+        raise JobError(f"{f.name}: truncated (wanted {len(view)} bytes at offset {offset})")
 
 
 def _read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:

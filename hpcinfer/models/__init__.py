@@ -21,6 +21,8 @@ class Model(Protocol):
     row_shape: tuple[int, ...]
     #: output dataset name -> (shape of one output row, dtype)
     outputs: dict[str, tuple[tuple[int, ...], np.dtype]]
+    #: bytes of weights this rank holds (its TP shard plus replicated parts)
+    weight_bytes: int
 
     def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Host batch (B, *row_shape) -> {dataset: host array (B, *shape)}."""

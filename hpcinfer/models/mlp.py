@@ -7,8 +7,8 @@ Folder contract:
     model.safetensors  layers.{i}.weight (out_i, in_i), layers.{i}.bias (out_i,)
                        (PyTorch nn.Linear convention; F32, F16, BF16 or F64)
 
-Forward, for layer i with W_i stored as (out_i, in_i):
-    x_{i+1} = act(x_i @ W_i^T + b_i)      # (B, out_i); the last layer uses output_activation
+Forward, for layer i with A_i stored as (out_i, in_i) and held as w_i = A_i^T:
+    x_{i+1} = act(x_i @ w_i + b_i)        # (B, out_i); the last layer uses output_activation
 
 Under tensor parallelism layers alternate column- and row-parallel (hpcinfer.parallel),
 so each pair of layers costs one all-reduce; an odd last layer is column-parallel with its
@@ -30,13 +30,16 @@ from hpcinfer.errors import JobError
 from hpcinfer.io.safetensors_file import SafetensorsFile
 from hpcinfer.parallel import column_linear, row_linear, shard_range, shard_sizes
 
+# Hidden activations overwrite their input where arrays are mutable (numpy): the input is
+# always a fresh layer output, and a second (B, width) buffer is the forward's peak memory.
+
 
 def relu(x, xp):
-    return xp.maximum(x, 0)
+    return np.maximum(x, 0, out=x) if isinstance(x, np.ndarray) else xp.maximum(x, 0)
 
 
 def tanh(x, xp):
-    return xp.tanh(x)
+    return np.tanh(x, out=x) if isinstance(x, np.ndarray) else xp.tanh(x)
 
 
 def logistic(x, xp):
@@ -82,7 +85,8 @@ def layer_splits(layer_sizes: tuple[int, ...], tp: int) -> tuple[LayerSplit, ...
 def mlp_forward(params, x, *, xp, tp, splits, activation: str, output_activation: str):
     """x (B, in) -> (B, out) on every rank of the TP group.
 
-    params: this rank's [(w (out_i or out_i/tp, in_i or in_i/tp), b), ...] per `splits`.
+    params: this rank's [(w (in_i or in_i/tp, out_i or out_i/tp), b), ...] per `splits`,
+    w being the transposed nn.Linear weight.
     """
     hidden, last = ACTIVATIONS[activation], OUTPUT_ACTIVATIONS[output_activation]
     for i, ((w, b), split) in enumerate(zip(params, splits, strict=True)):
@@ -145,8 +149,10 @@ def read_mlp_shard(
 ) -> list[tuple[Any, Any]]:
     """This TP rank's [(w, b)] as host arrays in `dtype`, reading only its slices.
 
-    Column layers keep rows `shard_range(out_i)` of w (out_i, in_i) and of b; row layers
-    keep columns `shard_range(in_i)` of w and all of b (added once, after the sum).
+    The stored weight A is (out_i, in_i); w is its transpose (in_i, out_i), read a few MiB
+    at a time. Column layers keep A's rows `shard_range(out_i)` (w's columns) and those
+    entries of b; row layers keep A's columns `shard_range(in_i)` (w's rows) and all of b
+    (added once, after the sum).
     """
     weights = SafetensorsFile(folder / "model.safetensors")
     params = []
@@ -161,12 +167,13 @@ def read_mlp_shard(
                 )
         if splits[i].kind == "column":
             rows = _as_slice(shard_range(n_out, tp_rank, tp))
-            w = weights.read(f"layers.{i}.weight", rows=rows, dtype=dtype)  # (out_i/tp, in_i)
-            b = weights.read(f"layers.{i}.bias", rows=rows, dtype=dtype)  # (out_i/tp,)
+            w = weights.read_transposed(f"layers.{i}.weight", rows=rows, dtype=dtype)
+            b = weights.read(f"layers.{i}.bias", rows=rows, dtype=dtype)
+            # w (in_i, out_i/tp), b (out_i/tp,)
         else:
             cols = _as_slice(shard_range(n_in, tp_rank, tp))
-            w = weights.read(f"layers.{i}.weight", cols=cols, dtype=dtype)  # (out_i, in_i/tp)
-            b = weights.read(f"layers.{i}.bias", dtype=dtype)  # (out_i,)
+            w = weights.read_transposed(f"layers.{i}.weight", cols=cols, dtype=dtype)
+            b = weights.read(f"layers.{i}.bias", dtype=dtype)  # w (in_i/tp, out_i), b (out_i,)
         params.append((w, b))
     return params
 
@@ -194,19 +201,20 @@ class MLP:
         self.tp_size = tp.size
         self.backend = backend
         self.dtype = np.dtype(dtype)
+        self.weight_bytes = sum(w.nbytes + b.nbytes for w, b in params)  # this rank's share
         self.params = [(backend.asarray(w), backend.asarray(b)) for w, b in params]
         self.row_shape = (config.layer_sizes[0],)
         self.outputs = {"outputs": ((config.layer_sizes[-1],), self.dtype)}
-        self._forward = backend.jit(
-            partial(
-                mlp_forward,
-                xp=backend.xp,
-                activation=config.activation,
-                output_activation=config.output_activation,
-                tp=tp,
-                splits=layer_splits(config.layer_sizes, tp.size),
-            )
+        forward = partial(
+            mlp_forward,
+            xp=backend.xp,
+            activation=config.activation,
+            output_activation=config.output_activation,
+            tp=tp,
+            splits=layer_splits(config.layer_sizes, tp.size),
         )
+        # Collectives that cannot be traced leave the forward op by op (still XLA per op).
+        self._forward = backend.jit(forward) if tp.traceable else forward
 
     @classmethod
     def load(

@@ -47,7 +47,7 @@ def test_column_linear_gathered_equals_serial(world_group, backend_name):
     def fn(x, w, b):
         return column_linear(x, w, b, tp, counts)
 
-    got = backend.jit(fn)(backend.asarray(x), backend.asarray(w[rows]), backend.asarray(b[rows]))
+    got = backend.jit(fn)(backend.asarray(x), backend.asarray(w[rows].T), backend.asarray(b[rows]))
     np.testing.assert_allclose(backend.to_host(got), x @ w.T + b, rtol=1e-12)
 
 
@@ -63,7 +63,7 @@ def test_row_linear_sums_partials_and_adds_the_bias_once(world_group, backend_na
         return row_linear(x, w, b, tp)
 
     got = backend.jit(fn)(
-        backend.asarray(x[:, cols]), backend.asarray(w[:, cols]), backend.asarray(b)
+        backend.asarray(x[:, cols]), backend.asarray(w[:, cols].T), backend.asarray(b)
     )
     np.testing.assert_allclose(backend.to_host(got), x @ w.T + b, rtol=1e-12)
 
