@@ -21,12 +21,14 @@ from hpcinfer.errors import JobError, RunError
 from hpcinfer.grid import Grid, check_tp
 from hpcinfer.io.chunk_store import ChunkStore
 from hpcinfer.io.digest import file_sha256
+from hpcinfer.io.hdf5_input import Hdf5Rows
 from hpcinfer.io.output import assemble_output
 from hpcinfer.job import Job
 from hpcinfer.models import Model
 from hpcinfer.partition import split_range
 from hpcinfer.plan import Plan, make_plan
 from hpcinfer.runtime import Runtime, agree
+from hpcinfer.schedule import Chunk
 
 
 def peak_rss_mb() -> float:
@@ -34,13 +36,18 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def predict_rows(model: Model, rows: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
-    """All outputs for `rows`, computed `batch_size` rows at a time."""
-    n = rows.shape[0]
-    out = {name: np.empty((n, *shape), dtype) for name, (shape, dtype) in model.outputs.items()}
-    for b0 in range(0, n, batch_size):
-        b1 = min(b0 + batch_size, n)
-        for name, values in model.predict(rows[b0:b1]).items():
+def predict_chunk(
+    model: Model, reader: Hdf5Rows, chunk: Chunk, batch_size: int
+) -> dict[str, np.ndarray]:
+    """All outputs for the chunk's rows, read and computed `batch_size` rows at a time."""
+    out = {
+        name: np.empty((chunk.rows, *shape), dtype)
+        for name, (shape, dtype) in model.outputs.items()
+    }
+    for b0 in range(0, chunk.rows, batch_size):
+        b1 = min(b0 + batch_size, chunk.rows)
+        rows = reader.read(chunk.start + b0, chunk.start + b1)
+        for name, values in model.predict(rows).items():
             out[name][b0:b1] = values
     return out
 
@@ -108,8 +115,7 @@ def run_job(job: Job, rt: Runtime) -> int:
     t_loop = time.perf_counter()
     for done, chunk in enumerate(mine):
         faults.before_chunk(rt.rank, done)
-        rows = plan.reader.read(chunk.start, chunk.stop)
-        result = predict_rows(plan.model, rows, job.run.batch_size)
+        result = predict_chunk(plan.model, plan.reader, chunk, job.run.batch_size)
         if grid.is_leader:
             store.write(chunk.index, result)
     plan.reader.close()

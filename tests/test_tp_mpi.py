@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.conftest import DATA, hpcinfer, write_job
+from tests.conftest import DATA, ROOT, hpcinfer, write_job
 from tests.test_mlp import make_mlp
 
 pytestmark = pytest.mark.mpi
@@ -132,3 +132,29 @@ def test_a_wrong_tp_is_one_line_and_exit_2(models, model, ranks, tp, expected):
     assert len(lines) == 1 and lines[0].startswith("hpcinfer: error:"), p.stderr
     assert expected in lines[0]
     assert not out.exists()
+
+
+FAKE_GPU = {"PYTHONPATH": str(ROOT / "tests" / "fake_gpu")}
+
+
+@pytest.mark.parametrize("tp_comm", ["host", "mpi"])
+def test_cupy_code_path_on_a_numpy_stand_in(models, reference, tp_comm):
+    """The CuPy backend and collectives, run on tests/fake_gpu's numpy stand-in for CuPy."""
+    for model in ("pairs", "odd"):
+        out = models / f"{model}-fakecupy-{tp_comm}.h5"
+        job = write_job(
+            models / f"{model}-fakecupy.toml",
+            model={"path": str(models / model)},
+            input={"path": str(DATA / "digits.h5"), "dataset": "x"},
+            output={"path": str(out)},
+            run={
+                "batch_size": 64,
+                "chunk_size": 200,
+                "backend": "cupy",
+                "tp": 2,
+                "tp_comm": tp_comm,
+            },
+        )
+        p = hpcinfer("run", str(job), n=2, env=FAKE_GPU, timeout=120)
+        assert p.returncode == 0, p.stderr
+        assert_same_logits(logits(out)[0], reference[model])
