@@ -5,6 +5,8 @@ mpiexec -n 3 python -m pytest tests/mpi
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -35,11 +37,29 @@ def world_group():
     return Group(WORLD.Dup())
 
 
-@pytest.mark.parametrize("backend_name", ["numpy", "jax"])
+PATHS = [
+    ("numpy", "mpi"),
+    ("jax", "host"),
+    pytest.param(
+        "jax",
+        "mpi4jax",
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("mpi4jax") is None, reason="mpi4jax not installed"
+        ),
+    ),
+]
+
+
+def compile_for(backend, tp, fn):
+    """jit where the collectives can be traced, as the models do."""
+    return backend.jit(fn) if tp.traceable else fn
+
+
+@pytest.mark.parametrize(("backend_name", "tp_comm"), PATHS)
 @collective
-def test_column_linear_gathered_equals_serial(world_group, backend_name):
+def test_column_linear_gathered_equals_serial(world_group, backend_name, tp_comm):
     backend = get_backend(backend_name, "float64")
-    tp = collectives_for(world_group, backend_name)
+    tp = collectives_for(world_group, backend_name, tp_comm)
     x, w, b = serial_weights()
     rows = as_slice(shard_range(OUT, WORLD.rank, WORLD.size))
     counts = shard_sizes(OUT, WORLD.size)
@@ -47,22 +67,24 @@ def test_column_linear_gathered_equals_serial(world_group, backend_name):
     def fn(x, w, b):
         return column_linear(x, w, b, tp, counts)
 
-    got = backend.jit(fn)(backend.asarray(x), backend.asarray(w[rows].T), backend.asarray(b[rows]))
+    got = compile_for(backend, tp, fn)(
+        backend.asarray(x), backend.asarray(w[rows].T), backend.asarray(b[rows])
+    )
     np.testing.assert_allclose(backend.to_host(got), x @ w.T + b, rtol=1e-12)
 
 
-@pytest.mark.parametrize("backend_name", ["numpy", "jax"])
+@pytest.mark.parametrize(("backend_name", "tp_comm"), PATHS)
 @collective
-def test_row_linear_sums_partials_and_adds_the_bias_once(world_group, backend_name):
+def test_row_linear_sums_partials_and_adds_the_bias_once(world_group, backend_name, tp_comm):
     backend = get_backend(backend_name, "float64")
-    tp = collectives_for(world_group, backend_name)
+    tp = collectives_for(world_group, backend_name, tp_comm)
     x, w, b = serial_weights()
     cols = as_slice(shard_range(IN, WORLD.rank, WORLD.size))
 
     def fn(x, w, b):
         return row_linear(x, w, b, tp)
 
-    got = backend.jit(fn)(
+    got = compile_for(backend, tp, fn)(
         backend.asarray(x[:, cols]), backend.asarray(w[:, cols].T), backend.asarray(b)
     )
     np.testing.assert_allclose(backend.to_host(got), x @ w.T + b, rtol=1e-12)
