@@ -32,6 +32,8 @@ job file (TOML; relative paths are resolved against the job file's folder):
            dtype       float32 | float64                       (default float32)
            threads     BLAS/XLA threads per rank; 0 = cores on the node / ranks
                        on the node (default 0; env HPCINFER_THREADS also works)
+           balance     steal | static (default steal): DP groups that run out of
+                       chunks take half of another group's remaining chunks
            tp          tensor-parallel group size (default 1): every weight matrix
                        is split over tp consecutive ranks; must divide the rank count
            tp_comm     how tensors cross the TP group (default auto): numpy: mpi;

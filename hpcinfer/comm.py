@@ -67,6 +67,54 @@ class Group:
         self.seconds += time.perf_counter() - t0
         self.calls += 1
 
+    def bcast_int(self, value: int | None, root: int = 0) -> int:
+        """Small control message: the root's integer, on every rank (no pickling)."""
+        buf = np.array([0 if value is None else value], dtype=np.int64)
+        self.comm.Bcast(buf, root=root)
+        return int(buf[0])
+
+
+class AtomicWords:
+    """One int64 per rank of a communicator, read and swapped with MPI atomics.
+
+    A passive-target RMA window (MPI_Win_allocate, lock_all): any rank reads or
+    compare-and-swaps any rank's word without the owner taking part. Within a node
+    MPICH does these through shared memory, so a victim busy in numpy does not delay
+    them; across nodes that depends on the MPI (benchmarks/steal_latency.py measures).
+    Collective to create and to free.
+    """
+
+    def __init__(self, comm: Any, initial: int):
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.win = MPI.Win.Allocate(8, disp_unit=8, comm=comm)
+        self.win.Lock_all(MPI.MODE_NOCHECK)
+        self._one = np.zeros(1, dtype=np.int64)
+        self._cmp = np.zeros(1, dtype=np.int64)
+        self._out = np.zeros(1, dtype=np.int64)
+        self.replace(self.rank, initial)
+        comm.Barrier()  # every word is set before anyone reads one
+
+    def read(self, target: int) -> int:
+        self.win.Fetch_and_op(self._one, self._out, target, 0, MPI.NO_OP)
+        self.win.Flush(target)
+        return int(self._out[0])
+
+    def compare_and_swap(self, target: int, expected: int, new: int) -> bool:
+        self._one[0], self._cmp[0] = new, expected
+        self.win.Compare_and_swap(self._one, self._cmp, self._out, target, 0)
+        self.win.Flush(target)
+        return int(self._out[0]) == expected
+
+    def replace(self, target: int, new: int) -> None:
+        self._one[0] = new
+        self.win.Fetch_and_op(self._one, self._out, target, 0, MPI.REPLACE)
+        self.win.Flush(target)
+
+    def free(self) -> None:
+        self.win.Unlock_all()
+        self.win.Free()
+
 
 class Collectives(Protocol):
     """What tensor-parallel kernels need from their group."""

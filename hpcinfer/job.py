@@ -5,7 +5,7 @@ A job file has four sections:
     [model]   path = "../data/models/digits-mlp"
     [input]   path = "../data/digits.h5", dataset = "x"
     [output]  path = "../out/digits-mlp.h5"
-    [run]     backend, batch_size, chunk_size, dtype, threads, tp, tp_comm
+    [run]     backend, batch_size, chunk_size, dtype, threads, balance, tp, tp_comm
 
 Relative paths are resolved against the job file's folder, so a job runs the same from
 any working directory. Values given with `--set section.key=value` on the command line
@@ -25,6 +25,7 @@ from hpcinfer.errors import JobError
 
 BACKENDS = ("numpy", "jax", "cupy")
 DTYPES = ("float32", "float64")
+BALANCES = ("steal", "static")
 TP_COMMS = ("auto", "mpi", "host", "mpi4jax", "nccl")
 
 
@@ -52,6 +53,8 @@ class RunSection:
     dtype: str = field(default="float32", metadata={"kind": str, "choices": DTYPES})
     # Threads per rank for BLAS/XLA; 0 = this node's cores / ranks on this node.
     threads: int = field(default=0, metadata={"kind": int, "min": 0})
+    # steal: DP groups that run dry take work from others; static: fixed blocks only.
+    balance: str = field(default="steal", metadata={"kind": str, "choices": BALANCES})
     # Ranks per tensor-parallel group: each holds 1/tp of every weight matrix.
     tp: int = field(default=1, metadata={"kind": int, "min": 1})
     # How tensors cross the TP group (per backend; see hpcinfer.comm): auto = the default.

@@ -67,6 +67,11 @@ def make_plan(job: Job, grid: Grid, local_rank: int = 0) -> Plan:
             f"{reader.path}:{reader.dataset} rows have shape {reader.row_shape} but the model "
             f"{job.model.path} expects {model.row_shape} (input.dataset vs model)"
         )
+    chunks = make_chunks(reader.n_rows, job.run.chunk_size)
+    if len(chunks) >= 2**31:
+        raise JobError(
+            f"{job.source}: {len(chunks)} chunks is too many (limit 2**31): raise run.chunk_size"
+        )
     return Plan(
         job=job,
         grid=grid,
@@ -74,6 +79,6 @@ def make_plan(job: Job, grid: Grid, local_rank: int = 0) -> Plan:
         backend=backend,
         model=model,
         reader=reader,
-        chunks=make_chunks(reader.n_rows, job.run.chunk_size),
+        chunks=chunks,
         partial_dir=partial_dir_for(job.output.path),
     )

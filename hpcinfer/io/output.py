@@ -27,8 +27,12 @@ def assemble_output(
     n_rows: int,
     outputs: dict[str, tuple[tuple[int, ...], np.dtype]],
     attrs: dict[str, Any],
+    run_records: dict[str, np.ndarray] | None = None,
 ) -> None:
-    """Copy every chunk's results into datasets of `n_rows` rows, then publish the file."""
+    """Copy every chunk's results into datasets of `n_rows` rows, then publish the file.
+
+    `run_records` are written under the group `run/` (e.g. run/chunks, the chunk log).
+    """
     tmp = store.folder / f"assembling-{final_path.name}"
     with h5py.File(tmp, "w") as f:
         datasets = {
@@ -39,6 +43,8 @@ def assemble_output(
             arrays = store.read(chunk.index)
             for name, ds in datasets.items():
                 ds[chunk.start : chunk.stop] = arrays[name]
+        for name, records in (run_records or {}).items():
+            f.create_dataset(f"run/{name}", data=records)
         for key, value in attrs.items():
             f.attrs[key] = value if isinstance(value, str | int | float) else json.dumps(value)
     with tmp.open("rb+") as fh:

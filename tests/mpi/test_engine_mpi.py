@@ -66,3 +66,19 @@ def test_run_job_matches_the_serial_model(rt, shared_tmp):
     )
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
     assert not out.with_name("digits.h5.partial").exists()
+
+
+@collective
+def test_atomic_words_count_without_losing_updates(rt):
+    from hpcinfer.comm import AtomicWords
+
+    words = AtomicWords(rt.comm, initial=0)
+    for _ in range(200):
+        while True:
+            old = words.read(0)
+            if words.compare_and_swap(0, old, old + 1):
+                break
+    rt.comm.Barrier()
+    total = words.read(0)
+    words.free()
+    assert total == 200 * rt.size
