@@ -7,14 +7,18 @@ AtomicWords: MPI passive-target atomics).
     owner   takes its next chunk from the head:  (h, t) -> (h + 1, t)
     thief   whose range is empty picks victims in a random order and takes the tail
             half of the first non-empty range:   (h, t) -> (h, t - k), k = ceil((t - h) / 2)
-            then publishes [t - k, t) as its own range, which others may steal from in turn
+            then publishes [t - k, t) as its own range, which others may steal from in turn;
+            after MAX_PROBES empty victims (all of them, on fewer groups) it stops
 
 Every change is one compare-and-swap on the word it changes, so a chunk index leaves a
 range exactly once: each chunk is computed exactly once, whatever the timing. Taking
 half keeps stolen work contiguous and makes the number of steals logarithmic in the
-imbalance. Termination needs no master: no work is ever created, so a group that finds
-every range empty is done; work that is in flight between a victim and a thief is
-computed by the thief. The run's closing barrier is the global "all done".
+imbalance.
+
+Termination needs no master: no work is ever created and every range is finished by
+whoever holds it, so a group that finds no work among the victims it probes is done;
+work in flight between a victim and a thief is computed by the thief. The run's closing
+barrier is the global "all done".
 
 A TP group steals as one unit: its leader claims (the only rank in the window), its
 members follow the leader's claims by broadcast.
@@ -31,6 +35,11 @@ from typing import Protocol
 from hpcinfer.partition import split_range
 
 STEAL_RETRIES = 3  # compare-and-swap retries on one victim whose range keeps changing
+# Victims probed before a thief gives up. A thief that stops early loses nothing (every
+# range is finished by its owner); probing all P - 1 others would make the end of a run
+# cost P probes per group, which the model in benchmarks/steal_simulation.py shows
+# dominating at 16,384 ranks.
+MAX_PROBES = 64
 
 
 def pack(head: int, tail: int) -> int:
@@ -90,8 +99,8 @@ class Stealer:
                 return head
 
     def _steal(self) -> bool:
-        victims = [v for v in range(self.size) if v != self.me]
-        self.rng.shuffle(victims)
+        others = [v for v in range(self.size) if v != self.me]
+        victims = self.rng.sample(others, min(len(others), MAX_PROBES))
         for victim in victims:
             for _ in range(STEAL_RETRIES):
                 self.stats.steal_attempts += 1

@@ -74,3 +74,23 @@ def test_balance_summary():
     assert s["imbalance"] == pytest.approx(1.5)
     assert s["efficiency"] == pytest.approx(0.5)
     assert s["stolen_chunks"] == 2
+
+
+def test_thieves_that_give_up_early_lose_no_chunk(monkeypatch):
+    monkeypatch.setattr("hpcinfer.balance.MAX_PROBES", 1)
+    words = LockedWords({g: initial_range(300, g, 6) for g in range(6)})
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def work(g):
+        stealer = Stealer(words, g, 6, seed=g)
+        while (i := stealer.claim()) is not None:
+            with lock:
+                claimed.append(i)
+
+    threads = [threading.Thread(target=work, args=(g,)) for g in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(claimed) == list(range(300))
