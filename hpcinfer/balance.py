@@ -140,10 +140,12 @@ class GroupClaims:
     the leaders); the other TP ranks receive each claim by broadcast, -1 meaning "done".
     """
 
-    def __init__(self, grid, n_chunks: int, mode: str, seed: int = 0):
+    def __init__(self, grid, n_chunks: int, mode: str, should_stop=None, seed: int = 0):
         from hpcinfer.comm import AtomicWords
 
         self.grid, self.n_chunks, self.mode = grid, n_chunks, mode
+        self.should_stop = should_stop or (lambda: False)
+        self.stopped = False  # the leader stopped claiming before the work ran out
         self.stealer: Stealer | None = None
         self.words = None
         if grid.is_leader and mode == "steal":
@@ -158,8 +160,15 @@ class GroupClaims:
 
     def _leader(self) -> Iterator[int]:
         if self.stealer is not None:
-            return stealing_claims(self.stealer)
-        return static_claims(self.n_chunks, self.grid.dp_rank, self.grid.dp_size)
+            claims = stealing_claims(self.stealer)
+        else:
+            claims = static_claims(self.n_chunks, self.grid.dp_rank, self.grid.dp_size)
+        while not self.should_stop():  # checked between chunks, before each claim
+            index = next(claims, None)
+            if index is None:
+                return
+            yield index
+        self.stopped = True
 
     def __iter__(self) -> Iterator[int]:
         tp = self.grid.tp_group

@@ -39,14 +39,23 @@ job file (TOML; relative paths are resolved against the job file's folder):
            tp_comm     how tensors cross the TP group (default auto): numpy: mpi;
                        jax: host | mpi4jax; cupy: host | mpi (CUDA-aware) | nccl
 
-exit codes: 0 the complete output file exists; 2 bad job, model, input or options
-(one line names the file or key); 1 a failure while running (the failing rank is named,
-every rank stops).
+resuming: finished chunks are durable and journalled in OUTPUT.partial/; running the
+same job again after an interruption (kill, crash, time limit) does only what is left,
+on any number of ranks and any --tp. A partial run of a different job (other model,
+input, chunk_size or dtype) is refused; --restart discards it.
+
+signals: SIGTERM or SIGUSR1 (SLURM's warning before a time limit or preemption) make
+every rank finish its chunk in hand and stop; the progress is durable; exit code 75.
+
+exit codes: 0 the complete output file exists; 75 stopped by a signal, rerun to resume;
+2 bad job, model, input or options (one line names the file or key); 1 a failure while
+running (the failing rank is named, every rank stops).
 
 examples:
   mpirun -n 2 python -m hpcinfer run jobs/digits-mlp.toml
   mpirun -n 4 python -m hpcinfer run jobs/big-mlp.toml --tp 2    # 2 DP groups x 2 TP ranks
   python -m hpcinfer run jobs/digits-mlp.toml --backend jax --set output.path=out/x.h5
+  python -m hpcinfer status jobs/digits-mlp.toml
 """
 
 
@@ -79,6 +88,25 @@ def build_parser() -> argparse.ArgumentParser:
         "the launch's ranks form (ranks / tp) data-parallel groups of tp consecutive ranks",
     )
     run.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard a partial (interrupted) run of this job and start again; without it "
+        "an interrupted run is resumed, and a partial run of a different job is refused",
+    )
+    add_set_option(run)
+    status = sub.add_parser(
+        "status",
+        help="how far a run of a job got (chunks and rows done), without MPI",
+        description="Print how far a run got: chunks done / total and rows done. Safe to "
+        "run beside a running job: it only reads.",
+    )
+    status.add_argument("job", help="the job file (TOML)")
+    add_set_option(status)
+    return parser
+
+
+def add_set_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -86,14 +114,27 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECTION.KEY=VALUE",
         help="override a job-file value (repeatable), e.g. --set run.batch_size=64",
     )
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":
         return _run(args)
+    if args.command == "status":
+        return _status(args)
     return 2
+
+
+def _status(args: argparse.Namespace) -> int:
+    from hpcinfer.job import load_job
+    from hpcinfer.status import main as status_main
+
+    try:
+        job = load_job(args.job, args.overrides)
+    except JobError as e:
+        print(f"hpcinfer: error: {e}", file=sys.stderr)
+        return e.exit_code
+    return status_main(job)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -122,7 +163,7 @@ def _run(args: argparse.Namespace) -> int:
     from hpcinfer.engine import run_job
 
     try:
-        return run_or_abort(rt, lambda: run_job(job, rt))
+        return run_or_abort(rt, lambda: run_job(job, rt, restart=args.restart))
     except SystemExit as e:
         return int(e.code)
 

@@ -15,28 +15,46 @@ import resource
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import h5py
 import numpy as np
 
-from hpcinfer import __version__, faults
+from hpcinfer import __version__, faults, stop
 from hpcinfer.balance import GroupClaims
 from hpcinfer.errors import JobError, RunError
 from hpcinfer.grid import Grid, check_tp
 from hpcinfer.io.chunk_store import ChunkStore
-from hpcinfer.io.digest import file_sha256
 from hpcinfer.io.hdf5_input import Hdf5Rows
 from hpcinfer.io.output import assemble_output
 from hpcinfer.job import Job
+from hpcinfer.journal import (
+    JournalWriter,
+    Progress,
+    check_partial_run,
+    fingerprint,
+    job_identity,
+    read_progress,
+    start_partial_run,
+)
 from hpcinfer.models import Model
 from hpcinfer.plan import Plan, make_plan
 from hpcinfer.runtime import Runtime, agree
 from hpcinfer.schedule import Chunk
 
-# One record per computed chunk, written to the output's run/chunks dataset.
+# One record per chunk, written to the output's run/chunks dataset. Times are seconds
+# since the start of the run that computed the chunk; `resumed` marks an earlier run's.
 CHUNK_LOG_DTYPE = np.dtype(
-    [("index", "<i8"), ("dp_rank", "<i4"), ("start", "<f8"), ("end", "<f8"), ("stolen", "?")]
+    [
+        ("index", "<i8"),
+        ("dp_rank", "<i4"),
+        ("start", "<f8"),
+        ("end", "<f8"),
+        ("stolen", "?"),
+        ("resumed", "?"),
+    ]
 )
 
 
@@ -99,12 +117,21 @@ def validated_plan(job: Job, rt: Runtime) -> Plan:
     return plan
 
 
-def output_attrs(plan: Plan, rt: Runtime, compute_seconds: float, metrics: list[dict]) -> dict:
+def output_attrs(
+    plan: Plan,
+    rt: Runtime,
+    compute_seconds: float,
+    metrics: list[dict],
+    identity: dict,
+    resumed_chunks: int,
+) -> dict:
     job = plan.job
     return {
         "hpcinfer_version": __version__,
+        "job_fingerprint": fingerprint(identity),
+        "resumed_chunks": resumed_chunks,  # chunks computed by earlier, interrupted runs
         "model_path": str(job.model.path),
-        "model_sha256": file_sha256(job.model.path / "model.safetensors"),
+        "model_sha256": identity["model_sha256"],
         "model": plan.model.describe(),
         "input_path": str(job.input.path),
         "input_dataset": job.input.dataset,
@@ -131,43 +158,125 @@ def output_attrs(plan: Plan, rt: Runtime, compute_seconds: float, metrics: list[
     }
 
 
-def run_job(job: Job, rt: Runtime) -> int:
-    """Run `job` on every rank of `rt`; returns 0 once the complete output file exists."""
+@dataclass(frozen=True)
+class StartingPoint:
+    identity: dict
+    progress: Progress | None  # None: the output already exists, complete, for this job
+
+
+def starting_point(plan: Plan, rt: Runtime, restart: bool) -> StartingPoint:
+    """Rank 0 decides fresh / resume / already complete; every rank learns it (collective).
+
+    A partial run of another job is a JobError (exit 2, all ranks) unless `restart`.
+    """
+    error, point = None, None
+    if rt.rank == 0:
+        try:
+            point = _starting_point(plan, restart)
+        except JobError as e:
+            error = e
+    agree(rt, error)
+    return rt.comm.bcast(point, root=0)
+
+
+def _starting_point(plan: Plan, restart: bool) -> StartingPoint:
+    identity = job_identity(plan.job, plan.reader)
+    folder, out = plan.partial_dir, plan.job.output.path
+    if restart:
+        shutil.rmtree(folder, ignore_errors=True)
+    state = check_partial_run(folder, identity, plan.job.source)
+    if state == "stale":
+        shutil.rmtree(folder)
+        state = "fresh"
+    if state == "fresh" and not restart and output_fingerprint(out) == fingerprint(identity):
+        print(
+            f"hpcinfer: {out} is already complete for this job; nothing to do "
+            "(--restart computes it again)",
+            flush=True,
+        )
+        return StartingPoint(identity, None)
+    if state == "fresh":
+        start_partial_run(folder, identity, len(plan.chunks), plan.n_rows)
+        return StartingPoint(identity, Progress({}, ()))
+    progress = read_progress(folder, len(plan.chunks))
+    print(
+        f"hpcinfer: resuming: {len(progress.done)} of {len(plan.chunks)} chunks already "
+        f"done ({progress.rows:,} of {plan.n_rows:,} rows)",
+        flush=True,
+    )
+    for reason in progress.rejected[:5]:
+        print(f"hpcinfer: not trusted, will be computed again: {reason}", flush=True)
+    if len(progress.rejected) > 5:
+        print(f"hpcinfer: ... and {len(progress.rejected) - 5} more records not trusted")
+    return StartingPoint(identity, progress)
+
+
+def output_fingerprint(path) -> str | None:
+    """The job fingerprint recorded in an existing output file, if any."""
+    try:
+        with h5py.File(path, "r") as f:
+            return str(f.attrs.get("job_fingerprint", ""))
+    except OSError:
+        return None
+
+
+def run_job(job: Job, rt: Runtime, restart: bool = False) -> int:
+    """Run (or resume) `job` on every rank of `rt`.
+
+    Returns 0 once the complete output file exists, or stop.EXIT_STOPPED when a stop
+    signal ended the run early with its progress durable.
+    """
     t0 = time.perf_counter()
     plan = validated_plan(job, rt)
     grid = plan.grid
+    point = starting_point(plan, rt, restart)
+    if point.progress is None:
+        return 0
+    done_before = point.progress.done
+    pending = [i for i in range(len(plan.chunks)) if i not in done_before]
     rss_after_load = peak_rss_mb()
     load_seconds = time.perf_counter() - t0
 
-    store = ChunkStore(plan.partial_dir)
-    if rt.rank == 0:
-        # No resume yet: leftovers of an earlier, interrupted run are discarded.
-        shutil.rmtree(plan.partial_dir, ignore_errors=True)
-        plan.partial_dir.mkdir(parents=True)
-    claims = GroupClaims(grid, len(plan.chunks), job.run.balance)
+    store = ChunkStore(plan.partial_dir, durable=job.run.checkpoint)
+    journal = None
+    if grid.is_leader and job.run.checkpoint:
+        journal = JournalWriter(plan.partial_dir, rt.rank)
+    claims = GroupClaims(grid, len(pending), job.run.balance, should_stop=stop.requested)
     rt.comm.Barrier()
     epoch = rt.comm.bcast(time.time(), root=0)  # chunk log times are seconds since this
 
     t_loop = time.perf_counter()
     busy = io = 0.0
     log = []
-    for done, index in enumerate(claims):
-        chunk = plan.chunks[index]
+    for done, position in enumerate(claims):
+        chunk = plan.chunks[pending[position]]
         t_chunk, start = time.perf_counter(), time.time() - epoch
         faults.before_chunk(rt.rank, done, chunk.start, chunk.stop, plan.n_rows)
         result, read_seconds = predict_chunk(plan.model, plan.reader, chunk, job.run.batch_size)
         io += read_seconds
         if grid.is_leader:
             t_write = time.perf_counter()
-            store.write(chunk.index, result)
+            crc = store.write(chunk.index, result)
+            stolen = position in claims.stats.stolen
+            entry = (chunk.index, grid.dp_rank, start, time.time() - epoch, stolen, False)
+            if journal is not None:
+                journal.record(
+                    chunk.index,
+                    chunk.rows,
+                    crc,
+                    dp=grid.dp_rank,
+                    start=entry[2],
+                    end=entry[3],
+                    stolen=stolen,
+                )
             io += time.perf_counter() - t_write
-            log.append(
-                (index, grid.dp_rank, start, time.time() - epoch, index in claims.stats.stolen)
-            )
+            log.append(entry)
         busy += time.perf_counter() - t_chunk
     plan.reader.close()
+    if journal is not None:
+        journal.close()
     claims.close()
-    rt.comm.Barrier()  # every chunk is done somewhere
+    rt.comm.Barrier()  # every claimed chunk is done and recorded
     loop_seconds = time.perf_counter() - t_loop
 
     stats = claims.stats
@@ -180,7 +289,7 @@ def run_job(job: Job, rt: Runtime) -> int:
         "loop_seconds": loop_seconds,  # first claim to the closing barrier
         "busy_seconds": busy,  # computing chunks (reading, predicting, writing)
         "idle_seconds": loop_seconds - busy,  # claiming, stealing, waiting at the end
-        "io_seconds": io,  # reading input rows and writing chunk files
+        "io_seconds": io,  # reading input rows, writing chunk files and the journal
         "collective_seconds": grid.tp_group.seconds,
         "collective_calls": grid.tp_group.calls,
         "stolen_chunks": stats.stolen_chunks,
@@ -193,27 +302,53 @@ def run_job(job: Job, rt: Runtime) -> int:
     }
     finished = rt.comm.gather((log, metrics), root=0)
     compute_seconds = time.perf_counter() - t0
+    complete = True
     if rt.rank == 0:
-        chunk_log = np.array(sorted(r for part, _ in finished for r in part), CHUNK_LOG_DTYPE)
-        all_metrics = [m for _, m in finished]
-        check_every_chunk_once(chunk_log, len(plan.chunks))
-        attrs = output_attrs(plan, rt, compute_seconds, all_metrics)
-        assemble_output(
-            job.output.path,
-            store,
-            plan.chunks,
-            plan.n_rows,
-            plan.model.outputs,
-            attrs,
-            {"chunks": chunk_log},
-        )
-        shutil.rmtree(plan.partial_dir)
-        report(plan, rt, time.perf_counter() - t0, attrs["balance_summary"])
-    rt.comm.Barrier()  # nobody exits 0 before the output exists
-    return 0
+        entries = [r for part, _ in finished for r in part]
+        earlier = [
+            (
+                i,
+                r.get("dp", -1),
+                r.get("start", np.nan),
+                r.get("end", np.nan),
+                bool(r.get("stolen", False)),
+                True,
+            )
+            for i, r in point.progress.records.items()
+        ]
+        chunk_log = np.array(sorted(entries + earlier), CHUNK_LOG_DTYPE)
+        complete = len(chunk_log) == len(plan.chunks)
+        if complete:
+            check_every_chunk_once(chunk_log, len(plan.chunks))
+            all_metrics = [m for _, m in finished]
+            attrs = output_attrs(
+                plan, rt, compute_seconds, all_metrics, point.identity, len(done_before)
+            )
+            assemble_output(
+                job.output.path,
+                store,
+                plan.chunks,
+                plan.n_rows,
+                plan.model.outputs,
+                attrs,
+                {"chunks": chunk_log},
+            )
+            shutil.rmtree(plan.partial_dir)
+            report(plan, rt, time.perf_counter() - t0, attrs["balance_summary"])
+        else:
+            print(
+                f"hpcinfer: stopped by signal with {len(chunk_log)} of {len(plan.chunks)} "
+                f"chunks done and durable; run the same command again to resume "
+                f"(exit code {stop.EXIT_STOPPED})",
+                file=sys.stderr,
+                flush=True,
+            )
+    complete = rt.comm.bcast(complete, root=0)
+    return 0 if complete else stop.EXIT_STOPPED
 
 
 def check_every_chunk_once(chunk_log: np.ndarray, n_chunks: int) -> None:
+    """Each chunk exactly once across this run and the runs it resumes."""
     counts = np.bincount(chunk_log["index"], minlength=n_chunks)
     if (counts != 1).any():
         missing, repeated = int((counts == 0).sum()), int((counts > 1).sum())

@@ -5,6 +5,8 @@ world rank (default: every rank).
 
     rank=1,after=2,kind=raise            rank 1 raises before its 3rd chunk
     rank=1,after=2,kind=exit             ... dies without cleanup, as if killed
+    rank=0,after=3,kind=exit,at=write    rank 0 dies half-way through writing its 4th
+                                         chunk file (points: write, journal)
     rank=0,kind=delay,seconds=0.5        rank 0 sleeps before every chunk (a slow rank)
     kind=jitter,seconds=0.02             every chunk sleeps a random 0..0.02 s first
     kind=rowcost,seconds=1e-4,skew=10    a chunk sleeps seconds x its rows, x skew for
@@ -18,6 +20,10 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections import Counter
+
+_hits: Counter[str] = Counter()
+RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID")  # set by the launchers
 
 
 def _parse(text: str) -> list[dict[str, str]]:
@@ -35,7 +41,7 @@ def before_chunk(rank: int, chunks_done: int, start: int, stop: int, n_rows: int
     if not spec:
         return
     for fault in _parse(spec):
-        if fault.get("rank", str(rank)) != str(rank):
+        if fault.get("rank", str(rank)) != str(rank) or fault.get("at", "chunk") != "chunk":
             continue
         kind = fault.get("kind", "raise")
         seconds = float(fault.get("seconds", "0.1"))
@@ -48,6 +54,24 @@ def before_chunk(rank: int, chunks_done: int, start: int, stop: int, n_rows: int
             heavy = max(0, min(stop, n_rows // 2) - start)
             time.sleep(seconds * (heavy * skew + (stop - start - heavy)))
         elif chunks_done == int(fault.get("after", "0")):
-            if kind == "exit":
-                os._exit(int(fault.get("code", "9")))
-            raise RuntimeError(f"injected fault before chunk #{chunks_done} (HPCINFER_FAULT)")
+            _fail(kind, fault, f"before chunk #{chunks_done}")
+
+
+def at_point(point: str) -> None:
+    """A named place inside a step (`write`: half-way through a chunk file)."""
+    spec = os.environ.get("HPCINFER_FAULT")
+    if not spec:
+        return
+    rank = next((os.environ[v] for v in RANK_VARS if v in os.environ), "0")
+    _hits[point] += 1
+    for fault in _parse(spec):
+        if fault.get("at") != point or fault.get("rank", rank) != rank:
+            continue
+        if _hits[point] - 1 == int(fault.get("after", "0")):
+            _fail(fault.get("kind", "raise"), fault, f"at {point} #{_hits[point] - 1}")
+
+
+def _fail(kind: str, fault: dict[str, str], where: str) -> None:
+    if kind == "exit":
+        os._exit(int(fault.get("code", "9")))
+    raise RuntimeError(f"injected fault {where} (HPCINFER_FAULT)")

@@ -5,7 +5,8 @@ A job file has four sections:
     [model]   path = "../data/models/digits-mlp"
     [input]   path = "../data/digits.h5", dataset = "x"
     [output]  path = "../out/digits-mlp.h5"
-    [run]     backend, batch_size, chunk_size, dtype, threads, balance, tp, tp_comm
+    [run]     backend, batch_size, chunk_size, dtype, threads, checkpoint, balance, tp,
+              tp_comm
 
 Relative paths are resolved against the job file's folder, so a job runs the same from
 any working directory. Values given with `--set section.key=value` on the command line
@@ -53,6 +54,9 @@ class RunSection:
     dtype: str = field(default="float32", metadata={"kind": str, "choices": DTYPES})
     # Threads per rank for BLAS/XLA; 0 = this node's cores / ranks on this node.
     threads: int = field(default=0, metadata={"kind": int, "min": 0})
+    # Chunks durable (fsync) and journalled, so an interrupted run resumes; false only
+    # to measure what that costs.
+    checkpoint: bool = field(default=True, metadata={"kind": bool})
     # steal: DP groups that run dry take work from others; static: fixed blocks only.
     balance: str = field(default="steal", metadata={"kind": str, "choices": BALANCES})
     # Ranks per tensor-parallel group: each holds 1/tp of every weight matrix.
@@ -161,6 +165,8 @@ def _check_value(value: Any, meta: dict, where: str, base: Path) -> Any:
             raise JobError(f"{where} must be a path string, got {value!r}")
         p = Path(value).expanduser()
         return p if p.is_absolute() else (base / p).resolve()
+    if kind is bool and not isinstance(value, bool):
+        raise JobError(f"{where} must be true or false, got {type(value).__name__} {value!r}")
     if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise JobError(f"{where} must be an integer, got {type(value).__name__} {value!r}")
     if kind is str and not isinstance(value, str):

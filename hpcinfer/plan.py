@@ -17,6 +17,7 @@ from hpcinfer.errors import JobError
 from hpcinfer.grid import Grid
 from hpcinfer.io.hdf5_input import Hdf5Rows
 from hpcinfer.job import Job
+from hpcinfer.journal import partial_dir_for
 from hpcinfer.models import Model, load_model
 from hpcinfer.schedule import Chunk, make_chunks
 
@@ -35,10 +36,6 @@ class Plan:
     @property
     def n_rows(self) -> int:
         return self.reader.n_rows
-
-
-def partial_dir_for(output: Path) -> Path:
-    return output.with_name(output.name + ".partial")
 
 
 def check_output_path(job: Job) -> None:

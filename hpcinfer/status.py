@@ -1,0 +1,62 @@
+"""`python -m hpcinfer status JOB.toml`: how far a run got, without MPI.
+
+Reads only the job file, the input's shape, the partial run's fingerprint and journals
+(it never writes, never takes a lock, and does not re-read chunk files), so it can be run
+beside a running job, as often as one likes.
+"""
+
+from __future__ import annotations
+
+import json
+
+from hpcinfer.errors import JobError
+from hpcinfer.io.hdf5_input import Hdf5Rows
+from hpcinfer.job import Job
+from hpcinfer.journal import (
+    FINGERPRINT,
+    fingerprint,
+    job_identity,
+    partial_dir_for,
+    read_progress,
+)
+from hpcinfer.schedule import make_chunks
+
+
+def job_status(job: Job) -> str:
+    reader = Hdf5Rows(job.input.path, job.input.dataset)
+    try:
+        n_rows, n_chunks = reader.n_rows, len(make_chunks(reader.n_rows, job.run.chunk_size))
+        identity = job_identity(job, reader)
+    finally:
+        reader.close()
+    out, folder = job.output.path, partial_dir_for(job.output.path)
+    if folder.exists():
+        try:
+            recorded = json.loads((folder / FINGERPRINT).read_text())
+        except (OSError, json.JSONDecodeError):
+            return f"{folder}: a partial run that never started properly (it will be discarded)"
+        if recorded.get("fingerprint") != fingerprint(identity):
+            return (
+                f"{folder}: a partial run of a different job (model, input or options "
+                "differ); `run --restart` discards it"
+            )
+        progress = read_progress(folder, n_chunks, verify_files=False)
+        line = (
+            f"{job.source}: partial run, {len(progress.done)} / {n_chunks} chunks done, "
+            f"{progress.rows:,} / {n_rows:,} rows ({progress.rows / max(1, n_rows):.1%})"
+        )
+        if progress.rejected:
+            line += f"; {len(progress.rejected)} journal record(s) not trusted (redone on resume)"
+        return line
+    if out.exists():
+        return f"{job.source}: complete: {out}"
+    return f"{job.source}: not started ({n_chunks} chunks, {n_rows:,} rows)"
+
+
+def main(job: Job) -> int:
+    try:
+        print(job_status(job))
+    except JobError as e:
+        print(f"hpcinfer: error: {e}")
+        return e.exit_code
+    return 0

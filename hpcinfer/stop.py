@@ -1,0 +1,32 @@
+"""Graceful stop: SIGTERM or SIGUSR1 (what SLURM sends before a time limit or on
+preemption) ask every rank to finish the chunk in hand and stop claiming new ones.
+
+The run then makes its progress durable and exits with EXIT_STOPPED (75, EX_TEMPFAIL:
+"try again later"), which a batch script can test to requeue; rerunning the job
+resumes it. A rank that misses the signal does not hang the others: it keeps working
+(stealing what the stopped groups left) until the work runs out.
+"""
+
+from __future__ import annotations
+
+import signal
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+EXIT_STOPPED = 75
+
+_requested = False
+
+
+def _handler(signum: int, frame: object) -> None:
+    global _requested
+    _requested = True
+
+
+def install() -> None:
+    """Call once, from the main thread, before the work starts."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _handler)
+
+
+def requested() -> bool:
+    return _requested
