@@ -124,6 +124,7 @@ def output_attrs(
     metrics: list[dict],
     identity: dict,
     resumed_chunks: int,
+    epoch: float,
 ) -> dict:
     job = plan.job
     return {
@@ -152,6 +153,7 @@ def output_attrs(
         },
         # Start of the run (before validation) to the last chunk done on any rank.
         "compute_seconds": compute_seconds,
+        "loop_start_unix": epoch,  # run/chunks times are seconds after this
         "rank_metrics": metrics,
         "balance_summary": balance_summary(metrics, max(m["loop_seconds"] for m in metrics)),
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -322,7 +324,7 @@ def run_job(job: Job, rt: Runtime, restart: bool = False) -> int:
             check_every_chunk_once(chunk_log, len(plan.chunks))
             all_metrics = [m for _, m in finished]
             attrs = output_attrs(
-                plan, rt, compute_seconds, all_metrics, point.identity, len(done_before)
+                plan, rt, compute_seconds, all_metrics, point.identity, len(done_before), epoch
             )
             assemble_output(
                 job.output.path,
