@@ -27,6 +27,7 @@ from hpcinfer.balance import GroupClaims
 from hpcinfer.errors import JobError, RunError
 from hpcinfer.grid import Grid, check_tp
 from hpcinfer.io.chunk_store import ChunkStore
+from hpcinfer.io.chunk_writer import ChunkWriter
 from hpcinfer.io.hdf5_input import Hdf5Rows
 from hpcinfer.io.output import assemble_output
 from hpcinfer.job import Job
@@ -240,9 +241,10 @@ def run_job(job: Job, rt: Runtime, restart: bool = False) -> int:
     load_seconds = time.perf_counter() - t0
 
     store = ChunkStore(plan.partial_dir, durable=job.run.checkpoint)
-    journal = None
-    if grid.is_leader and job.run.checkpoint:
-        journal = JournalWriter(plan.partial_dir, rt.rank)
+    writer = None  # only a TP group's leader writes its group's results
+    if grid.is_leader:
+        journal = JournalWriter(plan.partial_dir, rt.rank) if job.run.checkpoint else None
+        writer = ChunkWriter(store, journal)
     claims = GroupClaims(grid, len(pending), job.run.balance, should_stop=stop.requested)
     rt.comm.Barrier()
     epoch = rt.comm.bcast(time.time(), root=0)  # chunk log times are seconds since this
@@ -256,27 +258,25 @@ def run_job(job: Job, rt: Runtime, restart: bool = False) -> int:
         faults.before_chunk(rt.rank, done, chunk.start, chunk.stop, plan.n_rows)
         result, read_seconds = predict_chunk(plan.model, plan.reader, chunk, job.run.batch_size)
         io += read_seconds
-        if grid.is_leader:
+        if writer is not None:
             t_write = time.perf_counter()
-            crc = store.write(chunk.index, result)
             stolen = position in claims.stats.stolen
             entry = (chunk.index, grid.dp_rank, start, time.time() - epoch, stolen, False)
-            if journal is not None:
-                journal.record(
-                    chunk.index,
-                    chunk.rows,
-                    crc,
-                    dp=grid.dp_rank,
-                    start=entry[2],
-                    end=entry[3],
-                    stolen=stolen,
-                )
-            io += time.perf_counter() - t_write
+            writer.submit(
+                chunk.index,
+                chunk.rows,
+                result,
+                dp=grid.dp_rank,
+                start=entry[2],
+                end=entry[3],
+                stolen=stolen,
+            )
+            io += time.perf_counter() - t_write  # only the wait for a free queue slot
             log.append(entry)
         busy += time.perf_counter() - t_chunk
     plan.reader.close()
-    if journal is not None:
-        journal.close()
+    if writer is not None:
+        writer.close()  # every chunk of this rank durable and journalled
     claims.close()
     rt.comm.Barrier()  # every claimed chunk is done and recorded
     loop_seconds = time.perf_counter() - t_loop
@@ -291,7 +291,8 @@ def run_job(job: Job, rt: Runtime, restart: bool = False) -> int:
         "loop_seconds": loop_seconds,  # first claim to the closing barrier
         "busy_seconds": busy,  # computing chunks (reading, predicting, writing)
         "idle_seconds": loop_seconds - busy,  # claiming, stealing, waiting at the end
-        "io_seconds": io,  # reading input rows, writing chunk files and the journal
+        "io_seconds": io,  # reading input rows, waiting to hand results to the writer
+        "write_seconds": writer.seconds if writer else 0.0,  # writer thread, overlapped
         "collective_seconds": grid.tp_group.seconds,
         "collective_calls": grid.tp_group.calls,
         "stolen_chunks": stats.stolen_chunks,
