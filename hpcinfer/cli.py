@@ -93,6 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="discard a partial (interrupted) run of this job and start again; without it "
         "an interrupted run is resumed, and a partial run of a different job is refused",
     )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate the job (model, input, output, layout) and print the plan: chunks "
+        "per group, rows, memory per rank; compute nothing",
+    )
+    run.add_argument("--quiet", action="store_true", help="no live progress on rank 0")
+    run.add_argument(
+        "--progress-interval",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="seconds between progress lines when stderr is not a terminal (default 30); "
+        "on a terminal a progress bar is drawn instead",
+    )
     add_set_option(run)
     status = sub.add_parser(
         "status",
@@ -102,6 +117,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("job", help="the job file (TOML)")
     add_set_option(status)
+    report = sub.add_parser(
+        "report",
+        help="a finished run's report: per-rank timeline and throughput (PNG) and a summary",
+        description="Draw what a finished run recorded (its chunk log and per-rank "
+        "metrics): a timeline per DP group with owned, stolen and resumed chunks, the "
+        "throughput over time, and a text summary (rows/s, efficiency, imbalance, time "
+        "busy / idle / in collectives / in I/O). Nothing is re-run.",
+    )
+    report.add_argument("target", help="a job file (TOML), or the run's output .h5 file")
+    report.add_argument(
+        "--png", help="where to write the picture (default: OUTPUT.report.png next to the output)"
+    )
+    add_set_option(report)
+    inspect = sub.add_parser(
+        "inspect",
+        help="a model's architecture, parameters, memory per rank for each tp, collectives",
+        description="Describe a model folder from its config.json and safetensors header "
+        "(the weights are never read): parameter count, bytes per stored dtype, weight "
+        "memory per rank and collectives per forward pass for each tensor-parallel size "
+        "that fits; with --ranks and --mem-per-rank, a recommended DP x TP layout.",
+    )
+    inspect.add_argument("model", help="model folder (config.json + model.safetensors)")
+    inspect.add_argument("--tp", type=int, help="show only this tensor-parallel size")
+    inspect.add_argument("--ranks", type=int, help="ranks you will launch (for a layout)")
+    inspect.add_argument(
+        "--mem-per-rank",
+        type=float,
+        metavar="GB",
+        help="memory each rank may use, in GiB (with --ranks)",
+    )
+    inspect.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "float64"),
+        help="the compute dtype weights are held in (default float32)",
+    )
     return parser
 
 
@@ -122,7 +173,36 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     if args.command == "status":
         return _status(args)
+    if args.command == "inspect":
+        return _inspect(args)
+    if args.command == "report":
+        return _report(args)
     return 2
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hpcinfer.report import main as report_main
+
+    try:
+        return report_main(Path(args.target), Path(args.png) if args.png else None, args.overrides)
+    except JobError as e:
+        print(f"hpcinfer: error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hpcinfer.inspect_model import inspect_model
+
+    try:
+        print(inspect_model(Path(args.model), args.tp, args.ranks, args.mem_per_rank, args.dtype))
+    except JobError as e:
+        print(f"hpcinfer: error: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -160,10 +240,16 @@ def _run(args: argparse.Namespace) -> int:
     except SystemExit as e:
         return int(e.code)
 
-    from hpcinfer.engine import run_job
+    from hpcinfer.engine import RunOptions, run_job
 
+    options = RunOptions(
+        restart=args.restart,
+        dry_run=args.dry_run,
+        quiet=args.quiet,
+        progress_interval=args.progress_interval,
+    )
     try:
-        return run_or_abort(rt, lambda: run_job(job, rt, restart=args.restart))
+        return run_or_abort(rt, lambda: run_job(job, rt, options))
     except SystemExit as e:
         return int(e.code)
 

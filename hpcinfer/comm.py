@@ -111,6 +111,15 @@ class AtomicWords:
         self.win.Fetch_and_op(self._one, self._out, target, 0, MPI.REPLACE)
         self.win.Flush(target)
 
+    def add(self, target: int, value: int) -> None:
+        self._one[0] = value
+        self.win.Accumulate(self._one, target, 0, MPI.SUM)
+        self.win.Flush(target)
+
+    def local_value(self) -> int:
+        """This rank's own word, read from memory without an MPI call (any thread may)."""
+        return int(np.frombuffer(self.win.tomemory(), dtype=np.int64)[0])
+
     def free(self) -> None:
         self.win.Unlock_all()
         self.win.Free()

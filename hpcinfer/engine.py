@@ -19,17 +19,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import h5py
 import numpy as np
 
 from hpcinfer import __version__, faults, stop
 from hpcinfer.balance import GroupClaims
+from hpcinfer.dry_run import print_dry_run
 from hpcinfer.errors import JobError, RunError
 from hpcinfer.grid import Grid, check_tp
 from hpcinfer.io.chunk_store import ChunkStore
 from hpcinfer.io.chunk_writer import ChunkWriter
 from hpcinfer.io.hdf5_input import Hdf5Rows
-from hpcinfer.io.output import assemble_output
+from hpcinfer.io.output import assemble_output, output_fingerprint
 from hpcinfer.job import Job
 from hpcinfer.journal import (
     JournalWriter,
@@ -42,6 +42,7 @@ from hpcinfer.journal import (
 )
 from hpcinfer.models import Model
 from hpcinfer.plan import Plan, make_plan
+from hpcinfer.progress import LiveProgress
 from hpcinfer.runtime import Runtime, agree
 from hpcinfer.schedule import Chunk
 
@@ -214,16 +215,17 @@ def _starting_point(plan: Plan, restart: bool) -> StartingPoint:
     return StartingPoint(identity, progress)
 
 
-def output_fingerprint(path) -> str | None:
-    """The job fingerprint recorded in an existing output file, if any."""
-    try:
-        with h5py.File(path, "r") as f:
-            return str(f.attrs.get("job_fingerprint", ""))
-    except OSError:
-        return None
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run, as opposed to what (the job): never changes the output."""
+
+    restart: bool = False  # discard a partial run of this job
+    dry_run: bool = False  # validate and print the plan, compute nothing
+    quiet: bool = False  # no live progress
+    progress_interval: float = 30.0  # seconds between progress lines off a terminal
 
 
-def run_job(job: Job, rt: Runtime, restart: bool = False) -> int:
+def run_job(job: Job, rt: Runtime, options: RunOptions = RunOptions()) -> int:
     """Run (or resume) `job` on every rank of `rt`.
 
     Returns 0 once the complete output file exists, or stop.EXIT_STOPPED when a stop
@@ -232,7 +234,10 @@ def run_job(job: Job, rt: Runtime, restart: bool = False) -> int:
     t0 = time.perf_counter()
     plan = validated_plan(job, rt)
     grid = plan.grid
-    point = starting_point(plan, rt, restart)
+    if options.dry_run:
+        print_dry_run(plan, rt)  # hpcinfer.dry_run
+        return 0
+    point = starting_point(plan, rt, options.restart)
     if point.progress is None:
         return 0
     done_before = point.progress.done
@@ -246,6 +251,9 @@ def run_job(job: Job, rt: Runtime, restart: bool = False) -> int:
         journal = JournalWriter(plan.partial_dir, rt.rank) if job.run.checkpoint else None
         writer = ChunkWriter(store, journal)
     claims = GroupClaims(grid, len(pending), job.run.balance, should_stop=stop.requested)
+    progress = LiveProgress(
+        rt.comm, plan.n_rows, point.progress.rows, options.progress_interval, options.quiet
+    )
     rt.comm.Barrier()
     epoch = rt.comm.bcast(time.time(), root=0)  # chunk log times are seconds since this
 
@@ -273,11 +281,13 @@ def run_job(job: Job, rt: Runtime, restart: bool = False) -> int:
             )
             io += time.perf_counter() - t_write  # only the wait for a free queue slot
             log.append(entry)
+            progress.add(chunk.rows)
         busy += time.perf_counter() - t_chunk
     plan.reader.close()
     if writer is not None:
         writer.close()  # every chunk of this rank durable and journalled
     claims.close()
+    progress.close()
     rt.comm.Barrier()  # every claimed chunk is done and recorded
     loop_seconds = time.perf_counter() - t_loop
 

@@ -9,6 +9,7 @@ world rank (default: every rank).
                                          chunk file (points: write, journal)
     rank=0,kind=delay,seconds=0.5        rank 0 sleeps before every chunk (a slow rank)
     kind=jitter,seconds=0.02             every chunk sleeps a random 0..0.02 s first
+    kind=warn,after=0                    a Python warning before every chunk
     kind=rowcost,seconds=1e-4,skew=10    a chunk sleeps seconds x its rows, x skew for
                                          rows in the first half of the input
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import os
 import random
 import time
+import warnings
 from collections import Counter
 
 _hits: Counter[str] = Counter()
@@ -49,6 +51,8 @@ def before_chunk(rank: int, chunks_done: int, start: int, stop: int, n_rows: int
             time.sleep(seconds)
         elif kind == "jitter":
             time.sleep(random.Random(hash((rank, chunks_done, start))).uniform(0, seconds))
+        elif kind == "warn":
+            warnings.warn("injected warning", stacklevel=2)
         elif kind == "rowcost":
             skew = float(fault.get("skew", "10"))
             heavy = max(0, min(stop, n_rows // 2) - start)

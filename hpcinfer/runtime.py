@@ -17,6 +17,7 @@ import os
 import socket
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +75,9 @@ def start(requested_threads: int = 0) -> Runtime:
     local_rank, local_size = node.Get_rank(), node.Get_size()
     node.Free()
 
+    if comm.Get_rank() != 0 and os.environ.get("HPCINFER_ALL_WARNINGS") != "1":
+        # The same warning from N ranks is noise: rank 0 speaks for all.
+        warnings.simplefilter("ignore")
     env_request = os.environ.get("HPCINFER_THREADS", "")
     requested = requested_threads or (int(env_request) if env_request.isdigit() else 0)
     affinity = sorted(os.sched_getaffinity(0))

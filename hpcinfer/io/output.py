@@ -52,3 +52,12 @@ def assemble_output(
     final_path.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, final_path)
     fsync_dir(final_path.parent)
+
+
+def output_fingerprint(path) -> str | None:
+    """The job fingerprint recorded in an existing output file, if any."""
+    try:
+        with h5py.File(path, "r") as f:
+            return str(f.attrs.get("job_fingerprint", ""))
+    except OSError:
+        return None

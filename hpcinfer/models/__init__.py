@@ -30,6 +30,9 @@ class Model(Protocol):
     def describe(self) -> dict[str, Any]:
         """Facts about the model for the output file's attributes."""
 
+    def activation_bytes(self, batch_size: int) -> int:
+        """Rough peak memory of a forward pass's temporaries for one batch."""
+
 
 def read_config(folder: Path) -> dict[str, Any]:
     """config.json of a model folder, with errors that name the file."""

@@ -82,6 +82,34 @@ def layer_splits(layer_sizes: tuple[int, ...], tp: int) -> tuple[LayerSplit, ...
     return tuple(splits)
 
 
+def shard_weight_elements(layer_sizes: tuple[int, ...], tp: int, tp_rank: int) -> int:
+    """Weight and bias elements TP rank `tp_rank` holds (what read_mlp_shard reads)."""
+    total = 0
+    for (n_in, n_out), split in zip(
+        itertools.pairwise(layer_sizes), layer_splits(layer_sizes, tp), strict=True
+    ):
+        if split.kind == "column":
+            out_r = len(shard_range(n_out, tp_rank, tp))
+            total += out_r * n_in + out_r
+        else:
+            total += len(shard_range(n_in, tp_rank, tp)) * n_out + n_out
+    return total
+
+
+def collectives_per_batch(layer_sizes: tuple[int, ...], tp: int) -> dict[str, int]:
+    """All-reduces and all-gathers in one forward pass, and their values per row."""
+    if tp == 1:
+        return {"all_reduce": 0, "all_gather": 0, "values_per_row": 0}
+    splits = layer_splits(layer_sizes, tp)
+    reduces = [layer_sizes[i + 1] for i, s in enumerate(splits) if s.kind == "row"]
+    gathers = [layer_sizes[i + 1] for i, s in enumerate(splits) if s.gather_counts]
+    return {
+        "all_reduce": len(reduces),
+        "all_gather": len(gathers),
+        "values_per_row": sum(reduces) + sum(gathers),
+    }
+
+
 def mlp_forward(params, x, *, xp, tp, splits, activation: str, output_activation: str):
     """x (B, in) -> (B, out) on every rank of the TP group.
 
@@ -235,6 +263,17 @@ class MLP:
     def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         y = self._forward(self.params, self.backend.asarray(batch))  # (B, out)
         return {"outputs": self.backend.to_host(y)}
+
+    def activation_bytes(self, batch_size: int) -> int:
+        """Rough peak of a forward pass's temporaries: two of the widest (split) layer."""
+        splits = layer_splits(self.config.layer_sizes, self.tp_size)
+        widths = [
+            -(-width // self.tp_size)
+            if split.kind == "column" and split.gather_counts is None
+            else width
+            for width, split in zip(self.config.layer_sizes[1:], splits, strict=True)
+        ]
+        return 2 * batch_size * max(widths) * self.dtype.itemsize
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -10,6 +10,7 @@
 # (default /tmp/hpcinfer-slurm). Progress goes to stderr; stdout is only the export line.
 set -euo pipefail
 dir=${HPCINFER_SLURM_DIR:-/tmp/hpcinfer-slurm}
+export PATH="$PATH:/usr/sbin:/sbin"  # the daemons and runuser live there
 log() { echo "start-slurm: $*" >&2; }
 
 if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
