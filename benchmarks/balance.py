@@ -15,43 +15,25 @@ time of the static run / ranks). Both policies run in the same invocation.
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
+from bench_common import ROOT, WORK, run_hpcinfer
+from mlp_throughput import make_inputs
 
-ROOT = Path(__file__).resolve().parent.parent
-WORK = ROOT / "benchmarks" / "_work"
 SKEW = "kind=rowcost,seconds=0.00005,skew=10"
 
 
-def run(job: Path, balance: str, env_fault: str | None) -> dict:
-    out = WORK / f"balance-{balance}.h5"
-    mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or "mpiexec"
-    cmd = [mpiexec, "-n", "2"]
-    if env_fault:
-        cmd += ["-genv", "HPCINFER_FAULT", env_fault]
-    cmd += [
-        sys.executable,
-        "-m",
-        "hpcinfer",
-        "run",
-        str(job),
+def run(job: Path, balance: str, fault: str | None) -> dict:
+    r = run_hpcinfer(
+        job,
+        2,
         "--set",
         f"run.balance='{balance}'",
-        "--set",
-        f"output.path='{out}'",
-    ]
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
-    with h5py.File(out, "r") as f:
-        metrics = json.loads(f.attrs["rank_metrics"])
-        summary = json.loads(f.attrs["balance_summary"])
-    out.unlink()
-    return {"metrics": metrics, **summary}
+        env={"HPCINFER_FAULT": fault} if fault else None,
+    )
+    return {"metrics": r.metrics, **r.attrs["balance_summary"]}
 
 
 def compare(title: str, job: Path, fault: str | None) -> None:
@@ -85,9 +67,6 @@ def skewed_job() -> Path:
 
 
 def even_job() -> Path:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from mlp_throughput import make_inputs
-
     model, data = make_inputs(65_536)
     job = WORK / "even.toml"
     job.write_text(

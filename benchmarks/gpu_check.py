@@ -12,74 +12,35 @@ prints its error and the check goes on.
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-import h5py
 import numpy as np
+from bench_common import WORK, run_hpcinfer, wide_mlp_job
 
-ROOT = Path(__file__).resolve().parent.parent
-WORK = ROOT / "benchmarks" / "_work"
 ROWS = 8192
 
 
-def make_inputs() -> Path:
-    spec = importlib.util.spec_from_file_location("make_big_mlp", ROOT / "data/make_big_mlp.py")
-    make = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make)
-    model, data = WORK / "mlp-4096-16384-4096", WORK / f"wide-input-{ROWS}.h5"
-    if not (model / "model.safetensors").exists():
-        make.make_mlp(model, [4096, 16384, 4096])
-    if not data.exists():
-        make.make_input(data, ROWS, 4096)
-    job = WORK / "gpu-check.toml"
-    job.write_text(
-        f'[model]\npath = "{model}"\n[input]\npath = "{data}"\n'
-        f'[output]\npath = "{WORK / "gpu-unused.h5"}"\n'
-        "[run]\nbatch_size = 1024\nchunk_size = 2048\n"
-    )
-    return job
-
-
 def run(job: Path, ranks: int, tp: int, backend: str, tp_comm: str = "auto"):
-    out = WORK / f"gpu-{backend}-{tp}-{tp_comm}.h5"
-    mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or "mpiexec"
-    cmd = [
-        mpiexec,
-        "-n",
-        str(ranks),
-        sys.executable,
-        "-m",
-        "hpcinfer",
-        "run",
-        str(job),
+    r = run_hpcinfer(
+        job,
+        ranks,
         "--tp",
         str(tp),
         "--backend",
         backend,
         "--set",
         f"run.tp_comm='{tp_comm}'",
-        "--set",
-        f"output.path='{out}'",
-    ]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    if p.returncode != 0:
-        return None, p.stderr.strip().splitlines()[-1:] or ["(no message)"]
-    with h5py.File(out, "r") as f:
-        ranks_metrics = json.loads(f.attrs["rank_metrics"])
-        seconds = max(m["loop_seconds"] for m in ranks_metrics)
-        outputs = f["outputs"][:]
-    out.unlink()
-    return (ROWS / seconds, outputs), None
+        check=False,
+        keep_outputs=True,
+    )
+    if r.returncode != 0:
+        return None, r.stderr.strip().splitlines()[-1:] or ["(no message)"]
+    return (r.rows_per_second, r.outputs), None
 
 
 def main() -> None:
     WORK.mkdir(exist_ok=True)
-    job = make_inputs()
+    job = wide_mlp_job("gpu-check", ROWS, batch_size=1024, chunk_size=2048)
     (ref_rate, ref), err = run(job, 1, 1, "numpy")
     print(f"numpy (CPU)            tp=1: {ref_rate:9.1f} rows/s  (reference)")
     scale = np.abs(ref).max()

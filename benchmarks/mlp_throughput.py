@@ -18,7 +18,6 @@ import argparse
 import itertools
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -26,10 +25,9 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from bench_common import WORK, run_hpcinfer
 from safetensors.numpy import save_file
 
-HERE = Path(__file__).resolve().parent
-WORK = HERE / "_work"
 SIZES = [784, 2048, 2048, 10]
 
 GEMM_SCRIPT = """
@@ -86,29 +84,10 @@ def make_inputs(rows: int) -> tuple[Path, Path]:
     return model, data
 
 
-def run_hpcinfer(job: Path, ranks: int, threads: int, out: Path) -> float:
+def hpcinfer_rows_per_second(job: Path, ranks: int, threads: int) -> float:
     """rows/s of the compute phase (start to last chunk), as hpcinfer recorded it."""
-    mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or "mpiexec"
-    cmd = [
-        mpiexec,
-        "-n",
-        str(ranks),
-        sys.executable,
-        "-m",
-        "hpcinfer",
-        "run",
-        str(job),
-        "--threads",
-        str(threads),
-        "--set",
-        f"output.path='{out}'",
-    ]
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
-    with h5py.File(out, "r") as f:
-        seconds = float(f.attrs["compute_seconds"])
-        rows = int(f.attrs["n_rows"])
-    out.unlink()
-    return rows / seconds
+    attrs = run_hpcinfer(job, ranks, "--threads", str(threads)).attrs
+    return attrs["n_rows"] / attrs["compute_seconds"]
 
 
 def gemm_rows_per_second(threads: int, batch: int, seconds: float = 5.0) -> float:
@@ -150,7 +129,7 @@ def main() -> None:
     results = {}
     for ranks, threads in [(1, 1), (2, 1), (1, 2)]:
         t0 = time.perf_counter()
-        rate = run_hpcinfer(job, ranks, threads, WORK / "out.h5")
+        rate = hpcinfer_rows_per_second(job, ranks, threads)
         wall = time.perf_counter() - t0
         ideal = ranks * gemm[threads]
         results[(ranks, threads)] = rate

@@ -18,88 +18,41 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import h5py
+from bench_common import ROOT, WORK, run_hpcinfer, wide_mlp_job
 
-ROOT = Path(__file__).resolve().parent.parent
-WORK = ROOT / "benchmarks" / "_work"
-
-
-def data_script():
-    spec = importlib.util.spec_from_file_location("make_big_mlp", ROOT / "data/make_big_mlp.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from hpcinfer.comm import TP_COMMS
 
 
 def run(job: Path, ranks: int, tp: int, backend: str, extra: list[str] = ()) -> dict:
     """One hpcinfer run; returns rows/s and the per-rank metrics it recorded."""
-    out = WORK / "tp-out.h5"
-    mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or "mpiexec"
-    cmd = [
-        mpiexec,
-        "-n",
-        str(ranks),
-        sys.executable,
-        "-m",
-        "hpcinfer",
-        "run",
-        str(job),
-        "--tp",
-        str(tp),
-        "--threads",
-        "1",
-        "--backend",
-        backend,
-        "--set",
-        f"output.path='{out}'",
-        *extra,
-    ]
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
-    with h5py.File(out, "r") as f:
-        ranks = json.loads(f.attrs["rank_metrics"])
-        seconds = max(m["loop_seconds"] for m in ranks)  # after loading, to the last chunk
-        result = {
-            "rows_per_s": int(f.attrs["n_rows"]) / seconds,
-            "seconds": seconds,
-            "ranks": ranks,
-        }
-    out.unlink()
-    return result
+    r = run_hpcinfer(job, ranks, "--tp", str(tp), "--threads", "1", "--backend", backend, *extra)
+    return {"rows_per_s": r.rows_per_second, "seconds": r.makespan, "ranks": r.metrics}
 
 
 def speed(backend: str, rows: int) -> None:
-    make = data_script()
-    model, data = WORK / "mlp-4096-16384-4096", WORK / f"wide-input-{rows}.h5"
-    if not (model / "model.safetensors").exists():
-        make.make_mlp(model, [4096, 16384, 4096])
-    if not data.exists():
-        make.make_input(data, rows, 4096)
-    job = WORK / "wide.toml"
-    job.write_text(
-        f'[model]\npath = "{model}"\n[input]\npath = "{data}"\n'
-        f'[output]\npath = "{WORK / "unused.h5"}"\n'
-        "[run]\nbatch_size = 256\nchunk_size = 512\n"
-    )
+    job = wide_mlp_job("wide", rows, batch_size=256, chunk_size=512)
     print(f"speed: MLP 4096-16384-4096 (537 MB F32), {rows} rows, batch 256, {backend}")
     base = run(job, 1, 1, backend)
-    split = run(job, 2, 2, backend)
     print(f"  tp=1, 1 rank x 1 thread : {base['rows_per_s']:8.1f} rows/s")
-    print(
-        f"  tp=2, 2 ranks x 1 thread: {split['rows_per_s']:8.1f} rows/s   "
-        f"speed-up {split['rows_per_s'] / base['rows_per_s']:.2f}x"
-    )
-    for m in split["ranks"]:
-        share = m["collective_seconds"] / split["seconds"]
+    for tp_comm in TP_COMMS[backend]:
+        if tp_comm == "mpi4jax" and importlib.util.find_spec("mpi4jax") is None:
+            print("  (mpi4jax is not installed: pip install -e '.[mpi4jax]' to measure it)")
+            continue
+        split = run(job, 2, 2, backend, ["--set", f"run.tp_comm='{tp_comm}'"])
         print(
-            f"    rank {m['rank']}: {m['collective_calls']} all-reduces, "
-            f"{m['collective_seconds']:.3f} s = {share:.1%} of the compute phase"
+            f"  tp=2, 2 ranks x 1 thread: {split['rows_per_s']:8.1f} rows/s   speed-up "
+            f"{split['rows_per_s'] / base['rows_per_s']:.2f}x   (tp_comm {tp_comm})"
         )
+        for m in split["ranks"]:
+            share = m["collective_seconds"] / split["seconds"]
+            print(
+                f"    rank {m['rank']}: {m['collective_calls']} all-reduces, "
+                f"{m['collective_seconds']:.3f} s = {share:.1%} of the compute phase"
+            )
 
 
 def memory(backend: str) -> None:

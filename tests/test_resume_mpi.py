@@ -128,12 +128,12 @@ def test_damaged_records_and_chunk_files_are_not_trusted(tmp_path, job, referenc
     p = hpcinfer("run", str(job), n=2, env={"HPCINFER_FAULT": "rank=1,after=30,kind=exit"})
     assert p.returncode != 0
     partial = partial_of(tmp_path)
-    journals = sorted(partial.glob("journal-*.log"))
-    lines = journals[0].read_text().splitlines(keepends=True)
-    assert len(lines) > 10
+    journal = max(partial.glob("journal-*.log"), key=lambda p: p.stat().st_size)
+    lines = journal.read_text().splitlines(keepends=True)
+    assert len(lines) >= 4
     lines[2] = lines[2].replace('"rows": 16', '"rows": 61')  # a flipped byte
     lines[-1] = lines[-1][: len(lines[-1]) // 2]  # a torn last line
-    journals[0].write_text("".join(lines))
+    journal.write_text("".join(lines))
     victim = sorted(partial.glob("chunk-*.npz"))[5]  # a damaged chunk file
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
