@@ -9,7 +9,7 @@ Models never call MPI. They call `parallel.row_linear(x, w, b, tp)`, and `tp` is
     jax      host         staged through host memory, outside jax.jit: the forward runs
                           op by op (each op still compiled by XLA)
              mpi4jax      inside jax.jit through mpi4jax (optional extra): one compiled
-                          forward; measured 8 % faster than host staging at tp=2
+                          forward; measured ~5 % faster than host staging at tp=2
     cupy     host         staged through host memory (works with any MPI)
              mpi          device pointers handed to a CUDA-aware MPI
              nccl         cupy.cuda.nccl on the group, initialised over MPI
