@@ -3,7 +3,7 @@
 A job file has four sections:
 
     [model]   path = "../data/models/digits-mlp"
-    [input]   path = "../data/digits.h5", dataset = "x"
+    [input]   path = "../data/digits.h5", dataset = "x"  (or a .jsonl with field = "text")
     [output]  path = "../out/digits-mlp.h5"
     [run]     backend, batch_size, chunk_size, dtype, threads, checkpoint, balance, tp,
               tp_comm
@@ -26,6 +26,7 @@ from hpcinfer.errors import JobError
 
 BACKENDS = ("numpy", "jax", "cupy")
 DTYPES = ("float32", "float64")
+INPUT_FORMATS = ("auto", "hdf5", "jsonl", "text")
 BALANCES = ("steal", "static")
 TP_COMMS = ("auto", "mpi", "host", "mpi4jax", "nccl")
 
@@ -38,7 +39,10 @@ class ModelSection:
 @dataclass(frozen=True)
 class InputSection:
     path: Path = field(metadata={"kind": "path", "required": True})
-    dataset: str = field(default="x", metadata={"kind": str})
+    # hdf5 | jsonl | text; auto: by extension (.h5/.hdf5, .jsonl/.json, anything else text)
+    format: str = field(default="auto", metadata={"kind": str, "choices": INPUT_FORMATS})
+    dataset: str = field(default="x", metadata={"kind": str})  # HDF5: the dataset's name
+    field: str = field(default="text", metadata={"kind": str})  # JSONL: the text's key
 
 
 @dataclass(frozen=True)

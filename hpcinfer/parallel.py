@@ -39,6 +39,14 @@ def shard_sizes(n: int, tp: int) -> tuple[int, ...]:
     return tuple(split_sizes(n, tp))
 
 
+def matmul(x: Any, w: Any) -> Any:
+    """x (..., in) @ w (in, out) as one 2-D GEMM: numpy would otherwise loop over the
+    leading axes calling a small GEMM for each (B separate (L, in) products for (B, L, in))."""
+    if x.ndim == 2:
+        return x @ w
+    return (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])
+
+
 def reduce_from_tp_region(x: Any, tp: Collectives) -> Any:
     """Partial sums on every rank -> the full sum on every rank."""
     return tp.all_reduce(x)
@@ -57,14 +65,14 @@ def column_linear(
     gather_counts: tuple[int, ...] | None = None,
 ) -> Any:
     """x (B, in) @ w_r (in, out_r) + b_r -> (B, out_r); all-gathered to (B, out) if asked."""
-    y = x @ w  # (B, out_r)
+    y = matmul(x, w)  # (B, out_r)
     y += b  # in place on numpy/cupy (one (B, out_r) buffer fewer); rebinds on JAX
     return y if gather_counts is None else gather_from_tp_region(y, tp, gather_counts)
 
 
 def row_linear(x: Any, w: Any, b: Any, tp: Collectives) -> Any:
     """x_r (B, in_r) @ w_r (in_r, out), summed over the group, + b -> (B, out)."""
-    partial = x @ w  # (B, out), this rank's share of the sum
+    partial = matmul(x, w)  # (B, out), this rank's share of the sum
     y = reduce_from_tp_region(partial, tp)
     y += b  # once, after the sum
     return y

@@ -16,6 +16,7 @@ from hpcinfer.comm import collectives_for, resolve_tp_comm
 from hpcinfer.errors import JobError
 from hpcinfer.grid import Grid
 from hpcinfer.io.hdf5_input import Hdf5Rows
+from hpcinfer.io.text_input import TextRows
 from hpcinfer.job import Job
 from hpcinfer.journal import partial_dir_for
 from hpcinfer.models import Model, load_model
@@ -38,6 +39,24 @@ class Plan:
         return self.reader.n_rows
 
 
+def input_format(job: Job) -> str:
+    if job.input.format != "auto":
+        return job.input.format
+    suffix = job.input.path.suffix.lower()
+    return {".h5": "hdf5", ".hdf5": "hdf5", ".jsonl": "jsonl", ".json": "jsonl"}.get(suffix, "text")
+
+
+def open_input(job: Job) -> Hdf5Rows | TextRows:
+    kind = input_format(job)
+    if kind == "hdf5":
+        return Hdf5Rows(job.input.path, job.input.dataset)
+    return TextRows(job.input.path, kind, job.input.field)
+
+
+def reader_kind(reader) -> str:
+    return "text" if isinstance(reader, TextRows) else "numeric rows (HDF5)"
+
+
 def check_output_path(job: Job) -> None:
     out = job.output.path
     if out.is_dir():
@@ -54,12 +73,18 @@ def check_output_path(job: Job) -> None:
 def make_plan(job: Job, grid: Grid, local_rank: int = 0) -> Plan:
     """Validate `job` end to end and load this rank's shard of the model."""
     check_output_path(job)
-    reader = Hdf5Rows(job.input.path, job.input.dataset)
+    reader = open_input(job)
     backend = get_backend(job.run.backend, job.run.dtype, local_rank)
     tp_comm = resolve_tp_comm(job.run.backend, job.run.tp_comm)
     tp = collectives_for(grid.tp_group, job.run.backend, tp_comm)
     model = load_model(job.model.path, backend, job.run.dtype, tp, grid.tp_rank)
-    if reader.row_shape != model.row_shape:
+    if (model.row_shape is None) != isinstance(reader, TextRows):
+        wants = "text" if model.row_shape is None else "numeric rows (HDF5)"
+        raise JobError(
+            f"{job.source}: the model {job.model.path} reads {wants}, but "
+            f"input.path {reader.path} holds {reader_kind(reader)}"
+        )
+    if model.row_shape is not None and reader.row_shape != model.row_shape:
         raise JobError(
             f"{reader.path}:{reader.dataset} rows have shape {reader.row_shape} but the model "
             f"{job.model.path} expects {model.row_shape} (input.dataset vs model)"

@@ -23,6 +23,12 @@ class Backend(Protocol):
     def to_host(self, array: Any) -> Any:
         """Backend array -> host numpy array."""
 
+    def asarray_int(self, host: Any) -> Any:
+        """Host integer array (token ids, masks) -> backend array, dtype kept."""
+
+    def erf(self, x: Any) -> Any:
+        """The error function (exact GELU)."""
+
     def jit(self, fn: Any) -> Any:
         """Compile `fn(params, x)` where the backend can; identity elsewhere."""
 

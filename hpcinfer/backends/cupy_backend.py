@@ -22,6 +22,14 @@ class CupyBackend:
     def to_host(self, array: Any) -> np.ndarray:
         return self.xp.asnumpy(array)
 
+    def erf(self, x: Any) -> Any:
+        from cupyx.scipy.special import erf
+
+        return erf(x)
+
+    def asarray_int(self, host: np.ndarray) -> Any:
+        return self.xp.asarray(np.ascontiguousarray(host))
+
     def jit(self, fn: Any) -> Any:
         return fn
 

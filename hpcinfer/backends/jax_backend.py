@@ -27,6 +27,12 @@ class JaxBackend:
     def to_host(self, array: Any) -> np.ndarray:
         return np.asarray(array)
 
+    def erf(self, x: Any) -> Any:
+        return self.jax.scipy.special.erf(x)
+
+    def asarray_int(self, host: np.ndarray) -> Any:
+        return self.jax.device_put(np.ascontiguousarray(host))
+
     def jit(self, fn: Any) -> Any:
         return self.jax.jit(fn)
 
@@ -35,6 +41,7 @@ def create(dtype: str, local_rank: int = 0) -> JaxBackend:
     try:
         import jax
         import jax.numpy as jnp
+        import jax.scipy.special
     except ImportError as e:
         raise JobError(f"backend 'jax' needs JAX: pip install jax ({e})") from None
     # float64 is off by default in JAX; without this, float64 jobs silently run in float32.

@@ -20,6 +20,14 @@ class NumpyBackend:
     def to_host(self, array: np.ndarray) -> np.ndarray:
         return array
 
+    def erf(self, x: np.ndarray) -> np.ndarray:
+        from scipy.special import erf
+
+        return erf(x)
+
+    def asarray_int(self, host: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(host)
+
     def jit(self, fn: Any) -> Any:
         return fn
 

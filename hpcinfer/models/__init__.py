@@ -17,8 +17,9 @@ from hpcinfer.errors import JobError
 
 
 class Model(Protocol):
-    #: shape of one input row, e.g. (64,) for a 64-feature MLP
-    row_shape: tuple[int, ...]
+    #: shape of one input row, e.g. (64,) for a 64-feature MLP; None for text models,
+    #: which have predict_texts(texts, batch_size) instead of predict(batch)
+    row_shape: tuple[int, ...] | None
     #: output dataset name -> (shape of one output row, dtype)
     outputs: dict[str, tuple[tuple[int, ...], np.dtype]]
     #: bytes of weights this rank holds (its TP shard plus replicated parts)
@@ -61,4 +62,10 @@ def load_model(folder: Path, backend: Any, dtype: str, tp: Any = None, tp_rank: 
         from hpcinfer.models.mlp import MLP
 
         return MLP.load(folder, config, backend, dtype, tp, tp_rank)
-    raise JobError(f"{folder / 'config.json'}: unsupported model_type {model_type!r} (known: mlp)")
+    if model_type == "bert":
+        from hpcinfer.models.bert import BertEmbedder
+
+        return BertEmbedder(folder, config, backend, dtype, tp, tp_rank)
+    raise JobError(
+        f"{folder / 'config.json'}: unsupported model_type {model_type!r} (known: mlp, bert)"
+    )

