@@ -1,11 +1,14 @@
 """What checkpointing costs, and how fast a killed run gets going again.
 
-    python benchmarks/checkpoint.py
+    python benchmarks/checkpoint.py                 # the MLP job
+    python benchmarks/checkpoint.py --job minilm    # jobs/minilm-embed.toml (jax backend)
 
 1. Overhead: the MLP throughput job (784-2048-2048-10, 65,536 rows, the default
    chunk_size 2048 and batch_size 256: 32 chunks) at 2 ranks with run.checkpoint = true
    (chunk files fsync'd, journal lines fsync'd) and false (same files, no fsync, no
    journal), alternated three times in this one invocation; the median makespan of each.
+   With --job minilm: jobs/minilm-embed.toml as it is (1,627 texts, its default chunk_size
+   256: 7 chunks), with the jax backend to keep the run short.
 2. Restart: the same job killed (SIGKILL of one rank) after 8 chunks on each rank, then
    rerun: seconds from launching the rerun to the start of its first new chunk, against
    the same figure for a fresh run.
@@ -13,9 +16,10 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
 
-from bench_common import WORK, run_hpcinfer, write_job
+from bench_common import ROOT, WORK, run_hpcinfer, write_job
 from mlp_throughput import make_inputs
 
 
@@ -26,27 +30,37 @@ def first_new_chunk(run) -> float:
 
 
 def main() -> None:
-    model, data = make_inputs(65_536)
-    job = write_job(WORK / "checkpoint.toml", model, data)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--job", choices=("mlp", "minilm"), default="mlp")
+    args = parser.parse_args()
+    if args.job == "mlp":
+        model, data = make_inputs(65_536)
+        job, extra = write_job(WORK / "checkpoint.toml", model, data), []
+        title = "MLP 784-2048-2048-10, 65,536 rows, 32 chunks of 2048"
+        kill_after = 8
+    else:
+        job, extra = ROOT / "jobs" / "minilm-embed.toml", ["--backend", "jax", "--quiet"]
+        title = "jobs/minilm-embed.toml (jax), 1,627 texts, 7 chunks of 256"
+        kill_after = 3
     times: dict[str, list[float]] = {"true": [], "false": []}
     for _ in range(3):
         for setting in ("true", "false"):
-            run = run_hpcinfer(job, 2, "--restart", "--set", f"run.checkpoint={setting}")
+            run = run_hpcinfer(job, 2, "--restart", "--set", f"run.checkpoint={setting}", *extra)
             times[setting].append(run.makespan)
     on, off = statistics.median(times["true"]), statistics.median(times["false"])
-    print("checkpoint overhead: MLP 784-2048-2048-10, 65,536 rows, 32 chunks of 2048, 2 ranks")
+    print(f"checkpoint overhead: {title}, 2 ranks")
     for label, median in (("true", on), ("false", off)):
         runs = [round(t, 3) for t in times[label]]
         print(f"  checkpoint = {label:5s}: makespan median {median:.3f} s  {runs}")
     print(f"  overhead: {on / off - 1:+.2%}")
 
-    fresh = first_new_chunk(run_hpcinfer(job, 2, "--restart"))
-    killed = run_hpcinfer(
-        job, 2, "--restart", check=False, env={"HPCINFER_FAULT": "after=8,kind=exit"}
-    )
+    fresh = first_new_chunk(run_hpcinfer(job, 2, "--restart", *extra))
+    fault = {"HPCINFER_FAULT": f"after={kill_after},kind=exit"}
+    killed = run_hpcinfer(job, 2, "--restart", *extra, check=False, env=fault)
     assert killed.returncode != 0
-    resumed = run_hpcinfer(job, 2)
-    print(f"restart: {resumed.attrs['resumed_chunks']} of 32 chunks survived the kill")
+    resumed = run_hpcinfer(job, 2, *extra)
+    total = resumed.attrs["layout"]["n_chunks"]
+    print(f"restart: {resumed.attrs['resumed_chunks']} of {total} chunks survived the kill")
     print(
         f"  launch -> first new chunk, resumed run: {first_new_chunk(resumed):.2f} s "
         f"(fresh run: {fresh:.2f} s)"

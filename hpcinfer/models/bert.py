@@ -110,6 +110,17 @@ def contiguous(t, xp):
     return xp.ascontiguousarray(t) if hasattr(xp, "ascontiguousarray") else t
 
 
+def padded_length(n: int) -> int:
+    """The padded sequence length for a batch whose longest text has n tokens: the next of
+    16, 24, 32, 48, 64, 96, 128, ... (at most ~1.5x padding; few shapes for XLA to compile)."""
+    size = 16
+    while True:
+        for candidate in (size, size * 3 // 2):
+            if n <= candidate:
+                return candidate
+        size *= 2
+
+
 def layer_norm(x, w, b, eps, xp):
     mean = x.mean(axis=-1, keepdims=True)
     var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
@@ -247,6 +258,7 @@ class BertEmbedder:
         self.params = _map(backend.asarray, host)
         self.outputs = {"embeddings": ((self.cfg.hidden,), np.dtype("float32"))}
         forward = partial(bert_forward, xp=backend.xp, erf=backend.erf, tp=tp, cfg=self.cfg)
+        self.compiled = tp.traceable and backend.name == "jax"
         self._forward = backend.jit(forward) if tp.traceable else forward
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
@@ -259,17 +271,18 @@ class BertEmbedder:
         out = np.empty((len(texts), self.cfg.hidden), np.float32)
         for b0 in range(0, len(order), batch_size):
             rows = order[b0 : b0 + batch_size]
-            # Rounded up to a multiple of 16: a few shapes for XLA to compile, not one per length.
-            seq = -(-max(len(ids[i]) for i in rows) // 16) * 16
-            batch = np.zeros((len(rows), seq), np.int64)
-            mask = np.zeros((len(rows), seq), np.int64)
+            seq = padded_length(max(len(ids[i]) for i in rows))
+            # Compiled backends get whole batches (empty rows, all masked): fewer shapes.
+            height = batch_size if self.compiled else len(rows)
+            batch = np.zeros((height, seq), np.int64)
+            mask = np.zeros((height, seq), np.int64)
             for j, i in enumerate(rows):
                 batch[j, : len(ids[i])] = ids[i]
                 mask[j, : len(ids[i])] = 1
             y = self._forward(
                 self.params, self.backend.asarray_int(batch), self.backend.asarray_int(mask)
             )
-            out[rows] = self.backend.to_host(y)
+            out[rows] = self.backend.to_host(y)[: len(rows)]
         return {"embeddings": out}
 
     def activation_bytes(self, batch_size: int) -> int:
