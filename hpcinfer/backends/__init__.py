@@ -29,6 +29,9 @@ class Backend(Protocol):
     def erf(self, x: Any) -> Any:
         """The error function (exact GELU)."""
 
+    def scan_layers(self, fn: Any, x: Any, stacked: dict) -> Any:
+        """x = fn(x, layer_i) for each layer_i of `stacked` (tensors stacked on axis 0)."""
+
     def jit(self, fn: Any) -> Any:
         """Compile `fn(params, x)` where the backend can; identity elsewhere."""
 

@@ -33,6 +33,15 @@ class JaxBackend:
     def asarray_int(self, host: np.ndarray) -> Any:
         return self.jax.device_put(np.ascontiguousarray(host))
 
+    def scan_layers(self, fn: Any, x: Any, stacked: dict) -> Any:
+        """lax.scan over the leading (layer) axis of `stacked`; eagerly a Python loop
+        (collectives that cannot be traced need concrete arrays)."""
+        if isinstance(x, self.jax.core.Tracer):
+            return self.jax.lax.scan(lambda c, p: (fn(c, p), None), x, stacked)[0]
+        for i in range(len(next(iter(stacked.values())))):
+            x = fn(x, {name: value[i] for name, value in stacked.items()})
+        return x
+
     def jit(self, fn: Any) -> Any:
         return self.jax.jit(fn)
 

@@ -28,6 +28,11 @@ class NumpyBackend:
     def asarray_int(self, host: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(host)
 
+    def scan_layers(self, fn: Any, x: Any, stacked: dict) -> Any:
+        for i in range(len(next(iter(stacked.values())))):
+            x = fn(x, {name: value[i] for name, value in stacked.items()})
+        return x
+
     def jit(self, fn: Any) -> Any:
         return fn
 

@@ -127,8 +127,12 @@ def layer_norm(x, w, b, eps, xp):
     return (x - mean) / xp.sqrt(var + eps) * w + b
 
 
-def bert_forward(params, ids, mask, *, xp, erf, tp: Collectives, cfg: BertConfig):
-    """ids, mask (B, L) -> sentence embeddings (B, H), the same on every TP rank."""
+def bert_forward(params, ids, mask, *, xp, erf, scan, tp: Collectives, cfg: BertConfig):
+    """ids, mask (B, L) -> sentence embeddings (B, H), the same on every TP rank.
+
+    params["layers"] holds every layer's tensors stacked on a leading axis; `scan` runs
+    the layer body over it (lax.scan under JAX: one layer compiled, not six).
+    """
     emb = params["embeddings"]
     seq = ids.shape[1]
     x = emb["word"][ids] + emb["position"][:seq] + emb["type"][0]  # (B, L, H)
@@ -141,7 +145,7 @@ def bert_forward(params, ids, mask, *, xp, erf, tp: Collectives, cfg: BertConfig
         # calls BLAS on contiguous operands (a strided view falls back to a slow loop).
         return contiguous(t.reshape(batch, seq, -1, d).transpose(0, 2, 1, 3), xp)
 
-    for p in params["layers"]:
+    def layer(x, p):
         q = heads(column_linear(x, p["q_w"], p["q_b"], tp))
         k = heads(column_linear(x, p["k_w"], p["k_b"], tp))
         v = heads(column_linear(x, p["v_w"], p["v_b"], tp))
@@ -155,9 +159,11 @@ def bert_forward(params, ids, mask, *, xp, erf, tp: Collectives, cfg: BertConfig
         )
         h = column_linear(x, p["i_w"], p["i_b"], tp)  # (B, L, inter/tp)
         h = 0.5 * h * (1.0 + erf(h / np.sqrt(2.0)))  # exact GELU, as BERT uses
-        x = layer_norm(
+        return layer_norm(
             x + row_linear(h, p["o2_w"], p["o2_b"], tp), p["ln2_w"], p["ln2_b"], cfg.eps, xp
         )
+
+    x = scan(layer, x, params["layers"])
     m = mask[..., None].astype(x.dtype)  # (B, L, 1)
     if cfg.pooling == "mean":
         pooled = (x * m).sum(axis=1) / xp.maximum(m.sum(axis=1), 1e-9)
@@ -220,6 +226,9 @@ def read_bert_shard(folder: Path, cfg: BertConfig, dtype: str, tp_rank: int, tp:
                 full(n + name + ".bias"),
             )
         params["layers"].append(layer)
+    # One array per tensor name, layers stacked on axis 0 (what `scan` walks).
+    layers = params["layers"]
+    params["layers"] = {k: np.stack([layer[k] for layer in layers]) for k in layers[0]}
     return params
 
 
@@ -257,7 +266,14 @@ class BertEmbedder:
         self.weight_bytes = sum(a.nbytes for a in _leaves(host))
         self.params = _map(backend.asarray, host)
         self.outputs = {"embeddings": ((self.cfg.hidden,), np.dtype("float32"))}
-        forward = partial(bert_forward, xp=backend.xp, erf=backend.erf, tp=tp, cfg=self.cfg)
+        forward = partial(
+            bert_forward,
+            xp=backend.xp,
+            erf=backend.erf,
+            scan=backend.scan_layers,
+            tp=tp,
+            cfg=self.cfg,
+        )
         self.compiled = tp.traceable and backend.name == "jax"
         self._forward = backend.jit(forward) if tp.traceable else forward
 
