@@ -6,6 +6,7 @@ import numpy as np
 
 from hpcinfer.errors import JobError
 from hpcinfer.io.output import output_fingerprint
+from hpcinfer.io.text_input import TextRows
 from hpcinfer.journal import check_partial_run, fingerprint, job_identity, read_progress
 from hpcinfer.partition import split_range
 from hpcinfer.plan import Plan
@@ -31,7 +32,9 @@ def print_dry_run(plan: Plan, rt: Runtime) -> None:
         np.prod(shape, dtype=np.int64) * np.dtype(dt).itemsize
         for shape, dt in plan.model.outputs.values()
     )
-    row_bytes = np.prod(plan.reader.row_shape, dtype=np.int64) * plan.reader.dtype.itemsize
+    row_bytes = 0  # texts: token ids, small next to the activations
+    if not isinstance(plan.reader, TextRows):
+        row_bytes = np.prod(plan.reader.row_shape, dtype=np.int64) * plan.reader.dtype.itemsize
     batch = job.run.batch_size
     identity = job_identity(job, plan.reader)
     try:
@@ -53,8 +56,13 @@ def print_dry_run(plan: Plan, rt: Runtime) -> None:
         f"hpcinfer: dry run: {job.source} is valid; nothing computed\n"
         f"  model   {job.model.path} ({plan.model.describe().get('model_type')}), weights "
         f"{human_bytes(max(weights))} per rank (largest), {human_bytes(sum(weights))} in all\n"
-        f"  input   {plan.reader.path}:{plan.reader.dataset}, {plan.n_rows:,} rows of "
-        f"{plan.reader.row_shape} {plan.reader.dtype}\n"
+        f"  input   {plan.reader.path}:{plan.reader.dataset}, {plan.n_rows:,} "
+        + (
+            f"texts ({plan.reader.kind})"
+            if isinstance(plan.reader, TextRows)
+            else f"rows of {plan.reader.row_shape} {plan.reader.dtype}"
+        )
+        + "\n"
         f"  output  {job.output.path}: "
         + ", ".join(
             f"{n} {(plan.n_rows, *sh)} {np.dtype(dt).name}"
@@ -67,7 +75,7 @@ def print_dry_run(plan: Plan, rt: Runtime) -> None:
         f"group: {blocks if len(blocks) <= 16 else f'{min(blocks)} to {max(blocks)}'} chunks\n"
         f"  memory  per rank ~ weights {human_bytes(max(weights))} + activations "
         f"{human_bytes(plan.model.activation_bytes(batch))} + input batch "
-        f"{human_bytes(batch * row_bytes)} + chunk results "
+        f"{human_bytes(batch * row_bytes) if row_bytes else 'small'} + chunk results "
         f"{human_bytes(job.run.chunk_size * out_bytes)}\n"
         f"  resume  {resume}",
         flush=True,
