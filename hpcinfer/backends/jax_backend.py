@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from hpcinfer.backends.layers import loop_layers
 from hpcinfer.errors import JobError
 
 
@@ -38,9 +39,7 @@ class JaxBackend:
         (collectives that cannot be traced need concrete arrays)."""
         if isinstance(x, self.jax.core.Tracer):
             return self.jax.lax.scan(lambda c, p: (fn(c, p), None), x, stacked)[0]
-        for i in range(len(next(iter(stacked.values())))):
-            x = fn(x, {name: value[i] for name, value in stacked.items()})
-        return x
+        return loop_layers(fn, x, stacked)
 
     def jit(self, fn: Any) -> Any:
         return self.jax.jit(fn)

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from hpcinfer.backends.layers import loop_layers
+
 
 @dataclass(frozen=True)
 class NumpyBackend:
@@ -29,9 +31,7 @@ class NumpyBackend:
         return np.ascontiguousarray(host)
 
     def scan_layers(self, fn: Any, x: Any, stacked: dict) -> Any:
-        for i in range(len(next(iter(stacked.values())))):
-            x = fn(x, {name: value[i] for name, value in stacked.items()})
-        return x
+        return loop_layers(fn, x, stacked)
 
     def jit(self, fn: Any) -> Any:
         return fn
