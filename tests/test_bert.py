@@ -185,3 +185,16 @@ def test_text_model_with_numeric_input_is_a_clear_error(corpus_job):
     p = hpcinfer("run", str(corpus_job), "--set", f"input.path='{DATA / 'digits.h5'}'", n=2)
     assert p.returncode == 2
     assert "reads text, but input.path" in p.stderr
+
+
+def test_inspect_knows_bert_and_agrees_with_what_loading_holds(capsys):
+    from hpcinfer.cli import main
+
+    assert main(["inspect", str(MODEL)]) == 0
+    out = capsys.readouterr().out
+    assert "bert, 6 layers, hidden 384, 12 heads" in out
+    assert "22,713,728" in out
+    assert "8 does not fit: tp does not divide the 12 heads" in out
+    held = load_model(MODEL, get_backend("numpy", "float32"), "float32").weight_bytes
+    shown = float(next(line.split()[1] for line in out.splitlines() if line.split()[:1] == ["1"]))
+    assert shown == pytest.approx(held / 2**20, abs=0.05)  # MiB, as printed
