@@ -113,7 +113,8 @@ def test_pooling_comes_from_the_sentence_transformers_config(tmp_path, texts, mo
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1, rtol=1e-5)
 
 
-def test_text_readers(tmp_path):
+def test_text_readers(tmp_path, monkeypatch):
+    monkeypatch.setattr("hpcinfer.io.text_input.INDEX_BLOCK_BYTES", 3)  # lines span blocks
     jsonl = tmp_path / "t.jsonl"
     jsonl.write_text('{"text": "a"}\n{"text": "b c"}\n{"text": "d"}')  # no final newline
     rows = TextRows(jsonl, "jsonl")

@@ -173,21 +173,21 @@ def test_status_before_and_after(tmp_path, job):
     assert "complete" in status(job)
     p = hpcinfer("run", str(job), n=1)
     assert "already complete" in p.stdout
-    assert (
-        "mpi4py"
-        not in subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "import sys; from hpcinfer.cli import main; main(['status', "
-                f"'{job}']); print(sorted(sys.modules))",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=ROOT,
-        ).stdout
+    modules = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from hpcinfer.cli import main; "
+            f"assert main(['status', '{job}']) == 0; print(sorted(sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
     )
+    assert modules.returncode == 0, modules.stderr
+    assert "complete" in modules.stdout and "'hpcinfer.status'" in modules.stdout
+    assert "'mpi4py'" not in modules.stdout  # status needs no MPI
 
 
 def test_checkpoint_off_still_gives_the_same_output(tmp_path, job, reference):

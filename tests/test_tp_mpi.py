@@ -28,7 +28,7 @@ def models(tmp_path_factory):
     return root
 
 
-def run_layout(root, model, ranks, tp, backend="numpy", extra=(), tag=""):
+def run_layout(root, model, ranks, tp, backend="numpy", extra=(), tag="", env=None):
     out = root / f"{model}-{backend}-{ranks}x{tp}{tag}.h5"
     job = write_job(
         root / f"{model}.toml",
@@ -38,7 +38,16 @@ def run_layout(root, model, ranks, tp, backend="numpy", extra=(), tag=""):
         run={"batch_size": 64, "chunk_size": 200},
     )
     p = hpcinfer(
-        "run", str(job), "--tp", str(tp), "--backend", backend, *extra, n=ranks, timeout=120
+        "run",
+        str(job),
+        "--tp",
+        str(tp),
+        "--backend",
+        backend,
+        *extra,
+        n=ranks,
+        env=env,
+        timeout=120,
     )
     return p, out
 
@@ -141,20 +150,15 @@ FAKE_GPU = {"PYTHONPATH": str(ROOT / "tests" / "fake_gpu")}
 def test_cupy_code_path_on_a_numpy_stand_in(models, reference, tp_comm):
     """The CuPy backend and collectives, run on tests/fake_gpu's numpy stand-in for CuPy."""
     for model in ("pairs", "odd"):
-        out = models / f"{model}-fakecupy-{tp_comm}.h5"
-        job = write_job(
-            models / f"{model}-fakecupy.toml",
-            model={"path": str(models / model)},
-            input={"path": str(DATA / "digits.h5"), "dataset": "x"},
-            output={"path": str(out)},
-            run={
-                "batch_size": 64,
-                "chunk_size": 200,
-                "backend": "cupy",
-                "tp": 2,
-                "tp_comm": tp_comm,
-            },
+        p, out = run_layout(
+            models,
+            model,
+            2,
+            2,
+            "cupy",
+            ["--set", f"run.tp_comm='{tp_comm}'"],
+            tag=f"-fake-{tp_comm}",
+            env=FAKE_GPU,
         )
-        p = hpcinfer("run", str(job), n=2, env=FAKE_GPU, timeout=120)
         assert p.returncode == 0, p.stderr
         assert_same_logits(logits(out)[0], reference[model])

@@ -43,6 +43,12 @@ _MODULES = {
 }
 
 
+def compile_forward(backend: Backend, tp: Any, forward: Any) -> Any:
+    """`forward` jit-compiled where the backend can and the TP collectives can be traced
+    (host-staged collectives need concrete arrays: the forward then runs op by op)."""
+    return backend.jit(forward) if tp.traceable else forward
+
+
 def get_backend(name: str, dtype: str, local_rank: int = 0) -> Backend:
     """Build the named backend; JobError (exit 2) when it cannot run here."""
     if name not in _MODULES:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from hpcinfer.backends import compile_forward
 from hpcinfer.comm import Collectives, Solo
 from hpcinfer.errors import JobError
 from hpcinfer.io.safetensors_file import SafetensorsFile
@@ -275,7 +276,7 @@ class BertEmbedder:
             cfg=self.cfg,
         )
         self.compiled = tp.traceable and backend.name == "jax"
-        self._forward = backend.jit(forward) if tp.traceable else forward
+        self._forward = compile_forward(backend, tp, forward)
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.tokenizer.encode_batch(texts)]

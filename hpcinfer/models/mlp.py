@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from hpcinfer.backends import compile_forward
 from hpcinfer.comm import Collectives, Solo
 from hpcinfer.errors import JobError
 from hpcinfer.io.safetensors_file import SafetensorsFile
@@ -241,8 +242,7 @@ class MLP:
             tp=tp,
             splits=layer_splits(config.layer_sizes, tp.size),
         )
-        # Collectives that cannot be traced leave the forward op by op (still XLA per op).
-        self._forward = backend.jit(forward) if tp.traceable else forward
+        self._forward = compile_forward(backend, tp, forward)
 
     @classmethod
     def load(

@@ -10,7 +10,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from hpcinfer.backends import get_backend
+from hpcinfer.backends import compile_forward, get_backend
 from hpcinfer.comm import Group, collectives_for
 from hpcinfer.grid import Grid
 from hpcinfer.parallel import column_linear, row_linear, shard_range, shard_sizes
@@ -50,11 +50,6 @@ PATHS = [
 ]
 
 
-def compile_for(backend, tp, fn):
-    """jit where the collectives can be traced, as the models do."""
-    return backend.jit(fn) if tp.traceable else fn
-
-
 @pytest.mark.parametrize(("backend_name", "tp_comm"), PATHS)
 @collective
 def test_column_linear_gathered_equals_serial(world_group, backend_name, tp_comm):
@@ -67,7 +62,7 @@ def test_column_linear_gathered_equals_serial(world_group, backend_name, tp_comm
     def fn(x, w, b):
         return column_linear(x, w, b, tp, counts)
 
-    got = compile_for(backend, tp, fn)(
+    got = compile_forward(backend, tp, fn)(
         backend.asarray(x), backend.asarray(w[rows].T), backend.asarray(b[rows])
     )
     np.testing.assert_allclose(backend.to_host(got), x @ w.T + b, rtol=1e-12)
@@ -84,7 +79,7 @@ def test_row_linear_sums_partials_and_adds_the_bias_once(world_group, backend_na
     def fn(x, w, b):
         return row_linear(x, w, b, tp)
 
-    got = compile_for(backend, tp, fn)(
+    got = compile_forward(backend, tp, fn)(
         backend.asarray(x[:, cols]), backend.asarray(w[:, cols].T), backend.asarray(b)
     )
     np.testing.assert_allclose(backend.to_host(got), x @ w.T + b, rtol=1e-12)
