@@ -286,6 +286,7 @@ def run_job(job: Job, rt: Runtime, options: RunOptions = RunOptions()) -> int:
             io += time.perf_counter() - t_write  # only the wait for a free queue slot
             log.append(entry)
             progress.add(chunk.rows)
+        del result  # the writer holds it until written; the next chunk must not wait on it
         busy += time.perf_counter() - t_chunk
     plan.reader.close()
     if writer is not None:

@@ -54,6 +54,7 @@ class ChunkWriter:
                     self.journal.record(index, rows, crc, **facts)
             except BaseException as e:  # handed to the compute thread
                 self._error = e
+            del item, result  # written: free it now, not when the next chunk arrives
             self.seconds += time.perf_counter() - t0
 
     def _raise_if_failed(self) -> None:

@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 
 
-def file_sha256(path: Path, block: int = 8 * 2**20) -> str:
+def file_sha256(path: Path, block: int = 2**20) -> str:
     h = hashlib.sha256()
     with Path(path).open("rb") as f:
         while data := f.read(block):

@@ -33,7 +33,7 @@ STORED_DTYPES = {
     "BOOL": np.dtype("?"),
 }
 MAX_HEADER_BYTES = 100 * 2**20
-TRANSPOSE_BLOCK_BYTES = 4 * 2**20  # read_transposed works through this many bytes at a time
+TRANSPOSE_BLOCK_BYTES = 2**20  # read_transposed works through this many bytes at a time
 
 
 @dataclass(frozen=True)
