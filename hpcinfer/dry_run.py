@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from hpcinfer.errors import JobError
+from hpcinfer.io.inputs import describe_reader
 from hpcinfer.io.output import output_fingerprint
-from hpcinfer.io.text_input import TextRows
 from hpcinfer.journal import check_partial_run, fingerprint, job_identity, read_progress
 from hpcinfer.partition import split_range
 from hpcinfer.plan import Plan
@@ -33,7 +33,7 @@ def print_dry_run(plan: Plan, rt: Runtime) -> None:
         for shape, dt in plan.model.outputs.values()
     )
     row_bytes = 0  # texts: token ids, small next to the activations
-    if not isinstance(plan.reader, TextRows):
+    if not plan.reader.items:
         row_bytes = np.prod(plan.reader.row_shape, dtype=np.int64) * plan.reader.dtype.itemsize
     batch = job.run.batch_size
     identity = job_identity(job, plan.reader)
@@ -56,13 +56,7 @@ def print_dry_run(plan: Plan, rt: Runtime) -> None:
         f"hpcinfer: dry run: {job.source} is valid; nothing computed\n"
         f"  model   {job.model.path} ({plan.model.describe().get('model_type')}), weights "
         f"{human_bytes(max(weights))} per rank (largest), {human_bytes(sum(weights))} in all\n"
-        f"  input   {plan.reader.path}:{plan.reader.dataset}, {plan.n_rows:,} "
-        + (
-            f"texts ({plan.reader.kind})"
-            if isinstance(plan.reader, TextRows)
-            else f"rows of {plan.reader.row_shape} {plan.reader.dtype}"
-        )
-        + "\n"
+        f"  input   {plan.reader.path}:{plan.reader.dataset}, {describe_reader(plan.reader)}\n"
         f"  output  {job.output.path}: "
         + ", ".join(
             f"{n} {(plan.n_rows, *sh)} {np.dtype(dt).name}"

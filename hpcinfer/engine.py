@@ -24,11 +24,11 @@ import numpy as np
 from hpcinfer import __version__, faults, stop
 from hpcinfer.balance import GroupClaims
 from hpcinfer.dry_run import print_dry_run
-from hpcinfer.errors import JobError, RunError
+from hpcinfer.errors import BadRow, JobError, RunError
 from hpcinfer.grid import Grid, check_tp
 from hpcinfer.io.chunk_store import ChunkStore
 from hpcinfer.io.chunk_writer import ChunkWriter
-from hpcinfer.io.hdf5_input import Hdf5Rows
+from hpcinfer.io.inputs import Reader
 from hpcinfer.io.output import assemble_output, output_fingerprint
 from hpcinfer.job import Job
 from hpcinfer.journal import (
@@ -66,16 +66,20 @@ def peak_rss_mb() -> float:
 
 
 def predict_chunk(
-    model: Model, reader: Hdf5Rows, chunk: Chunk, batch_size: int
+    model: Model, reader: Reader, chunk: Chunk, batch_size: int
 ) -> tuple[dict[str, np.ndarray], float]:
     """All outputs for the chunk's rows, read and computed `batch_size` rows at a time.
 
     Returns the outputs and the seconds spent reading input.
     """
-    if model.row_shape is None:  # text: the model batches the chunk by length itself
+    if model.row_shape is None:  # texts or token ids: the model batches them by length
         t0 = time.perf_counter()
-        texts = reader.read(chunk.start, chunk.stop)
-        return model.predict_texts(texts, batch_size), time.perf_counter() - t0
+        items = reader.read(chunk.start, chunk.stop)
+        read_seconds = time.perf_counter() - t0
+        try:
+            return model.predict_items(items, batch_size), read_seconds
+        except BadRow as e:
+            raise JobError(f"{reader.where(chunk.start + e.index)}: {e.message}") from None
     out = {
         name: np.empty((chunk.rows, *shape), dtype)
         for name, (shape, dtype) in model.outputs.items()

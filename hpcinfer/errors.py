@@ -14,3 +14,15 @@ class RunError(Exception):
     """A failure while the job runs (I/O, a rank's computation): exit code 1."""
 
     exit_code = 1
+
+
+class BadRow(JobError):
+    """One input row the model cannot take (a token id outside its vocabulary, ...).
+
+    `index` counts from the first row the model was given; the engine, which knows where
+    those rows came from, turns it into a file and row number.
+    """
+
+    def __init__(self, index: int, message: str):
+        super().__init__(message)
+        self.index, self.message = index, message

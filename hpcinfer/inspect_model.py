@@ -15,6 +15,7 @@ from hpcinfer.dry_run import human_bytes
 from hpcinfer.errors import JobError
 from hpcinfer.io.safetensors_file import SafetensorsFile
 from hpcinfer.models import read_config
+from hpcinfer.models.gpt2 import Gpt2Config
 from hpcinfer.models.mlp import MLPConfig, collectives_per_batch, shard_weight_elements
 from hpcinfer.parallel import shard_range
 
@@ -91,7 +92,49 @@ class BertSpec:
         return {"all_reduce": reduces, "all_gather": 0, "values_per_row": reduces * self.hidden}
 
 
-SPECS = {"mlp": MlpSpec, "bert": BertSpec}
+class Gpt2Spec:
+    """GPT-2 as read_gpt2_shard splits it: heads, MLP and vocabulary over tp ranks."""
+
+    unit = "token"
+
+    def __init__(self, folder: Path, raw: dict, header: SafetensorsFile):
+        self.c = Gpt2Config.from_json(raw, folder / "config.json")
+        c = self.c
+        self.title = (
+            f"gpt2, {c.layers} layers, hidden {c.hidden}, {c.heads} heads, vocabulary "
+            f"{c.vocab}, {c.positions} positions"
+        )
+
+    def misfit(self, tp: int) -> str | None:
+        return None if self.c.heads % tp == 0 else f"tp does not divide the {self.c.heads} heads"
+
+    def weight_elements(self, tp: int) -> int:
+        """Rank 0's share: the largest where a split is uneven."""
+        c = self.c
+        h_r, i_r = len(shard_range(c.hidden, 0, tp)), len(shard_range(c.inner, 0, tp))
+        vocab = len(shard_range(c.vocab, 0, tp)) * c.hidden * (1 if c.tied else 2)
+        per_layer = (
+            3 * (c.hidden + 1) * h_r  # q, k, v columns and biases
+            + (h_r + 1) * c.hidden  # attention output rows, bias
+            + (c.hidden + 1) * i_r  # MLP in
+            + (i_r + 1) * c.hidden  # MLP out
+            + 4 * c.hidden  # two layer norms
+            + 1  # attention scale
+        )
+        return vocab + c.positions * c.hidden + 2 * c.hidden + c.layers * per_layer
+
+    def collectives(self, tp: int) -> dict[str, int]:
+        if tp == 1:
+            return {"all_reduce": 0, "all_gather": 0, "values_per_row": 0}
+        reduces = 2 * self.c.layers + 1  # per layer two, and the vocab-parallel embedding
+        return {
+            "all_reduce": reduces,
+            "all_gather": 1,  # log-sum-exp and target logit of each position's vocab slice
+            "values_per_row": reduces * self.c.hidden + 2 * tp,
+        }
+
+
+SPECS = {"mlp": MlpSpec, "bert": BertSpec, "gpt2": Gpt2Spec}
 
 
 def recommend(spec, ranks: int, mem_per_rank: float, itemsize: int) -> str:

@@ -2,7 +2,7 @@
 
 A job file has four sections:
 
-    [model]   path = "../data/models/digits-mlp"
+    [model]   path = "../data/models/digits-mlp", task (auto | predict | embed | score)
     [input]   path = "../data/digits.h5", dataset = "x"  (or a .jsonl with field = "text")
     [output]  path = "../out/digits-mlp.h5"
     [run]     backend, batch_size, chunk_size, dtype, threads, checkpoint, balance, tp,
@@ -29,11 +29,15 @@ DTYPES = ("float32", "float64")
 INPUT_FORMATS = ("auto", "hdf5", "jsonl", "text")
 BALANCES = ("steal", "static")
 TP_COMMS = ("auto", "mpi", "host", "mpi4jax", "nccl")
+TASKS = ("auto", "predict", "embed", "score")
 
 
 @dataclass(frozen=True)
 class ModelSection:
     path: Path = field(metadata={"kind": "path", "required": True})
+    # What to compute: predict (MLP outputs), embed (encoders), score (GPT-2 log-probs);
+    # auto: the model type's own task (hpcinfer.models.TASKS).
+    task: str = field(default="auto", metadata={"kind": str, "choices": TASKS})
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,8 @@ class InputSection:
     # hdf5 | jsonl | text; auto: by extension (.h5/.hdf5, .jsonl/.json, anything else text)
     format: str = field(default="auto", metadata={"kind": str, "choices": INPUT_FORMATS})
     dataset: str = field(default="x", metadata={"kind": str})  # HDF5: the dataset's name
-    field: str = field(default="text", metadata={"kind": str})  # JSONL: the text's key
+    # JSONL: the key holding each row's text (or list of token ids)
+    field: str = field(default="text", metadata={"kind": str})
 
 
 @dataclass(frozen=True)

@@ -30,11 +30,11 @@ import uuid
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hpcinfer.errors import JobError
 from hpcinfer.io.chunk_store import ChunkStore, file_crc32, fsync_dir
 from hpcinfer.io.digest import file_sha256
-from hpcinfer.io.hdf5_input import Hdf5Rows
 from hpcinfer.job import Job
 
 FINGERPRINT = "fingerprint.json"
@@ -44,7 +44,7 @@ def partial_dir_for(output: Path) -> Path:
     return output.with_name(output.name + ".partial")
 
 
-def job_identity(job: Job, reader: Hdf5Rows) -> dict:
+def job_identity(job: Job, reader: Any) -> dict:
     """The facts that decide the output's content (see hpcinfer.journal): a partial run
     is resumed only by a job with the same identity."""
     stat = reader.path.stat()

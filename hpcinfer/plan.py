@@ -15,8 +15,7 @@ from hpcinfer.backends import get_backend
 from hpcinfer.comm import collectives_for, resolve_tp_comm
 from hpcinfer.errors import JobError
 from hpcinfer.grid import Grid
-from hpcinfer.io.hdf5_input import Hdf5Rows
-from hpcinfer.io.text_input import TextRows
+from hpcinfer.io.inputs import Reader, open_input
 from hpcinfer.job import Job
 from hpcinfer.journal import partial_dir_for
 from hpcinfer.models import Model, load_model
@@ -30,31 +29,13 @@ class Plan:
     tp_comm: str  # the collective path actually used (run.tp_comm resolved)
     backend: Any
     model: Model
-    reader: Hdf5Rows
+    reader: Reader
     chunks: list[Chunk]
     partial_dir: Path  # where finished chunks live until the final file is assembled
 
     @property
     def n_rows(self) -> int:
         return self.reader.n_rows
-
-
-def input_format(job: Job) -> str:
-    if job.input.format != "auto":
-        return job.input.format
-    suffix = job.input.path.suffix.lower()
-    return {".h5": "hdf5", ".hdf5": "hdf5", ".jsonl": "jsonl", ".json": "jsonl"}.get(suffix, "text")
-
-
-def open_input(job: Job) -> Hdf5Rows | TextRows:
-    kind = input_format(job)
-    if kind == "hdf5":
-        return Hdf5Rows(job.input.path, job.input.dataset)
-    return TextRows(job.input.path, kind, job.input.field)
-
-
-def reader_kind(reader) -> str:
-    return "text" if isinstance(reader, TextRows) else "numeric rows (HDF5)"
 
 
 def check_output_path(job: Job) -> None:
@@ -77,12 +58,13 @@ def make_plan(job: Job, grid: Grid, local_rank: int = 0) -> Plan:
     backend = get_backend(job.run.backend, job.run.dtype, local_rank)
     tp_comm = resolve_tp_comm(job.run.backend, job.run.tp_comm)
     tp = collectives_for(grid.tp_group, job.run.backend, tp_comm)
-    model = load_model(job.model.path, backend, job.run.dtype, tp, grid.tp_rank)
-    if (model.row_shape is None) != isinstance(reader, TextRows):
-        wants = "text" if model.row_shape is None else "numeric rows (HDF5)"
+    model = load_model(job.model.path, backend, job.run.dtype, tp, grid.tp_rank, job.model.task)
+    if (model.row_shape is None) != reader.items:
+        wants = "texts or token ids" if model.row_shape is None else "numeric rows (HDF5)"
+        holds = f"{reader.kind}" if reader.items else "numeric rows (HDF5)"
         raise JobError(
             f"{job.source}: the model {job.model.path} reads {wants}, but "
-            f"input.path {reader.path} holds {reader_kind(reader)}"
+            f"input.path {reader.path} holds {holds}"
         )
     if model.row_shape is not None and reader.row_shape != model.row_shape:
         raise JobError(

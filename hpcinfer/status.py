@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from hpcinfer.errors import JobError
-from hpcinfer.io.hdf5_input import Hdf5Rows
+from hpcinfer.io.inputs import open_input
 from hpcinfer.job import Job
 from hpcinfer.journal import (
     FINGERPRINT,
@@ -23,7 +23,7 @@ from hpcinfer.schedule import make_chunks
 
 
 def job_status(job: Job) -> str:
-    reader = Hdf5Rows(job.input.path, job.input.dataset)
+    reader = open_input(job)
     try:
         n_rows, n_chunks = reader.n_rows, len(make_chunks(reader.n_rows, job.run.chunk_size))
         identity = job_identity(job, reader)

@@ -18,7 +18,6 @@ import pytest
 from hpcinfer.backends import get_backend
 from hpcinfer.comm import Solo
 from hpcinfer.errors import JobError
-from hpcinfer.io.text_input import TextRows
 from hpcinfer.models import load_model
 from tests.conftest import DATA, hpcinfer, write_job
 
@@ -56,16 +55,16 @@ def reference():
 @pytest.mark.parametrize("backend", ["numpy", "jax"])
 def test_embeddings_match_sentence_transformers(texts, reference, backend):
     model = load_model(MODEL, get_backend(backend, "float32"), "float32")
-    got = model.predict_texts(texts, batch_size=8)["embeddings"]
+    got = model.predict_items(texts, batch_size=8)["embeddings"]
     assert got.shape == (N, 384) and got.dtype == np.float32
     np.testing.assert_allclose(got, reference, atol=2e-6)
 
 
 def test_padding_never_changes_a_row(texts):
     model = load_model(MODEL, get_backend("numpy", "float32"), "float32")
-    alone = model.predict_texts([texts[3]], 1)["embeddings"]
+    alone = model.predict_items([texts[3]], 1)["embeddings"]
     longest = max(texts, key=len)
-    together = model.predict_texts([texts[3], longest], 2)["embeddings"][:1]
+    together = model.predict_items([texts[3], longest], 2)["embeddings"][:1]
     np.testing.assert_allclose(together, alone, atol=1e-6)
 
 
@@ -109,24 +108,8 @@ def test_pooling_comes_from_the_sentence_transformers_config(tmp_path, texts, mo
     (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
     model = load_model(folder, get_backend("numpy", "float32"), "float32")
     assert model.describe()["pooling"] == mode
-    got = model.predict_texts(texts[:4], 4)["embeddings"]
+    got = model.predict_items(texts[:4], 4)["embeddings"]
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1, rtol=1e-5)
-
-
-def test_text_readers(tmp_path, monkeypatch):
-    monkeypatch.setattr("hpcinfer.io.text_input.INDEX_BLOCK_BYTES", 3)  # lines span blocks
-    jsonl = tmp_path / "t.jsonl"
-    jsonl.write_text('{"text": "a"}\n{"text": "b c"}\n{"text": "d"}')  # no final newline
-    rows = TextRows(jsonl, "jsonl")
-    assert rows.n_rows == 3 and rows.read(1, 3) == ["b c", "d"]
-    txt = tmp_path / "t.txt"
-    txt.write_text("one\ntwo\n\nfour\n")
-    assert TextRows(txt, "text").read(0, 4) == ["one", "two", "", "four"]
-    (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{oops\n')
-    with pytest.raises(JobError, match=r"bad\.jsonl:2: not valid JSON"):
-        TextRows(tmp_path / "bad.jsonl", "jsonl").read(0, 2)
-    with pytest.raises(JobError, match=r"t\.jsonl:1: no text field 'body'"):
-        TextRows(jsonl, "jsonl", "body")
 
 
 # --- end to end, under mpiexec ------------------------------------------------------------
@@ -185,7 +168,7 @@ def test_every_layout_matches_sentence_transformers(corpus_job, reference, ranks
 def test_text_model_with_numeric_input_is_a_clear_error(corpus_job):
     p = hpcinfer("run", str(corpus_job), "--set", f"input.path='{DATA / 'digits.h5'}'", n=2)
     assert p.returncode == 2
-    assert "reads text, but input.path" in p.stderr
+    assert "reads texts or token ids, but input.path" in p.stderr
 
 
 def test_inspect_knows_bert_and_agrees_with_what_loading_holds(capsys):

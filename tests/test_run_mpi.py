@@ -104,7 +104,8 @@ def test_edge_layouts(tmp_path, digits_job, n, rows, chunk_size):
 def bad_input_file(tmp_path):
     with h5py.File(tmp_path / "bad.h5", "w") as f:
         f.create_dataset("x", data=np.zeros((10, 63), np.float32))
-        f.create_dataset("s", data=[b"a", b"b"])
+        f.create_dataset("s", data=[b"a", b"b"])  # texts: not for an MLP
+        f.create_dataset("v", data=np.array([b"ab"], dtype="V2"))  # opaque bytes
         f.create_group("g")
     return tmp_path / "bad.h5"
 
@@ -115,7 +116,8 @@ def bad_input_file(tmp_path):
         (["input.path='nope.h5'"], "nope.h5: input file not found"),
         (["input.path='{bad}'", "input.dataset='y'"], "dataset 'y' not found"),
         (["input.path='{bad}'", "input.dataset='g'"], "is a group, not a dataset"),
-        (["input.path='{bad}'", "input.dataset='s'"], "expected numbers"),
+        (["input.path='{bad}'", "input.dataset='s'"], "numeric rows (HDF5), but input.path"),
+        (["input.path='{bad}'", "input.dataset='v'"], "expected numbers, strings or"),
         (["input.path='{bad}'"], "rows have shape (63,) but the model"),
         (["input.path='{job}'", "input.format='hdf5'"], "not an HDF5 file"),
         (["input.path='{job}'"], "reads numeric rows (HDF5), but input.path"),

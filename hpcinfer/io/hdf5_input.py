@@ -1,8 +1,14 @@
-"""HDF5 input: one dataset whose first axis is the rows; each rank reads only its rows."""
+"""HDF5 input: one dataset whose first axis is the rows; each rank reads only its rows.
+
+A dataset of numbers gives arrays (Hdf5Rows, for models such as the MLP); a dataset of
+strings, or of variable-length integers (token ids), gives items (Hdf5Items, for text
+models). `open_hdf5` picks by the dataset's type.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -10,32 +16,64 @@ import numpy as np
 from hpcinfer.errors import JobError
 
 
-class Hdf5Rows:
-    """Row slices of `path[dataset]`; the file stays open read-only for the run."""
+def _open_dataset(path: Path, dataset: str) -> tuple[h5py.File, h5py.Dataset]:
+    if not path.is_file():
+        raise JobError(f"{path}: input file not found (input.path)")
+    if not h5py.is_hdf5(path):
+        raise JobError(f"{path}: not an HDF5 file (input.path)")
+    file = h5py.File(path, "r")
+    node = file.get(dataset)
+    if not isinstance(node, h5py.Dataset):
+        names = [k for k, v in file.items() if isinstance(v, h5py.Dataset)]
+        file.close()
+        what = "is a group, not a dataset" if node is not None else "not found"
+        raise JobError(
+            f"{path}: dataset {dataset!r} {what} (input.dataset; "
+            f"datasets at the top level: {', '.join(names) or 'none'})"
+        )
+    if node.ndim < 1:
+        file.close()
+        raise JobError(f"{path}:{dataset} is a scalar; expected rows along axis 0")
+    return file, node
 
-    def __init__(self, path: Path, dataset: str):
-        self.path, self.dataset = Path(path), dataset
-        if not self.path.is_file():
-            raise JobError(f"{self.path}: input file not found (input.path)")
-        if not h5py.is_hdf5(self.path):
-            raise JobError(f"{self.path}: not an HDF5 file (input.path)")
-        self._file = h5py.File(self.path, "r")
-        node = self._file.get(dataset)
-        if not isinstance(node, h5py.Dataset):
-            names = [k for k, v in self._file.items() if isinstance(v, h5py.Dataset)]
-            what = "is a group, not a dataset" if node is not None else "not found"
-            raise JobError(
-                f"{self.path}: dataset {dataset!r} {what} (input.dataset; "
-                f"datasets at the top level: {', '.join(names) or 'none'})"
-            )
-        if node.ndim < 1:
-            raise JobError(f"{self.path}:{dataset} is a scalar; expected rows along axis 0")
+
+def item_kind(dtype: np.dtype) -> str | None:
+    """ "texts" or "token ids" for the dataset types Hdf5Items reads; None otherwise."""
+    if h5py.check_string_dtype(dtype) is not None:
+        return "texts"
+    base = h5py.check_vlen_dtype(dtype)
+    if base is not None and np.issubdtype(base, np.integer):
+        return "token ids"
+    return None
+
+
+def open_hdf5(path: Path, dataset: str) -> Hdf5Rows | Hdf5Items:
+    file, node = _open_dataset(Path(path), dataset)
+    if item_kind(node.dtype) is not None:
+        return Hdf5Items(Path(path), dataset, file, node)
+    return Hdf5Rows(Path(path), dataset, file, node)
+
+
+class Hdf5Rows:
+    """Row slices of a dataset of numbers; the file stays open read-only for the run."""
+
+    items = False
+
+    def __init__(self, path: Path, dataset: str, file: h5py.File, node: h5py.Dataset):
+        self.path, self.dataset, self._file = path, dataset, file
         if not np.issubdtype(node.dtype, np.number):
-            raise JobError(f"{self.path}:{dataset} has dtype {node.dtype}; expected numbers")
+            file.close()
+            raise JobError(
+                f"{path}:{dataset} has dtype {node.dtype}; expected numbers, strings or "
+                "variable-length integers (token ids)"
+            )
         self._data = node
         self.n_rows = int(node.shape[0])
         self.row_shape = tuple(int(s) for s in node.shape[1:])
         self.dtype = node.dtype
+
+    def where(self, i: int) -> str:
+        return f"{self.path}:{self.dataset}[{i}]"
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) as a numpy array; reads nothing else."""
@@ -43,3 +81,31 @@ class Hdf5Rows:
 
     def close(self) -> None:
         self._file.close()
+
+
+class Hdf5Items(Hdf5Rows):
+    """Texts (a string dataset) or token-id lists (variable-length integers), one per row."""
+
+    items = True
+
+    def __init__(self, path: Path, dataset: str, file: h5py.File, node: h5py.Dataset):
+        self.path, self.dataset, self._file = path, dataset, file
+        if node.ndim != 1:
+            file.close()
+            raise JobError(f"{path}:{dataset} has shape {node.shape}; expected one item per row")
+        self.kind = f"hdf5 {item_kind(node.dtype)}"
+        self._texts = item_kind(node.dtype) == "texts"
+        self._data = node.asstr() if self._texts else node
+        self.n_rows = int(node.shape[0])
+        self.row_shape = ()
+        self.dtype = node.dtype
+
+    def read(self, start: int, stop: int) -> list[Any]:
+        """Items [start, stop): str for texts, int64 arrays for token ids."""
+        values = self._data[start:stop]
+        if self._texts:
+            return list(values)
+        for i, ids in enumerate(values):
+            if ids.size and ids.min() < 0:
+                raise JobError(f"{self.where(start + i)}: negative token id {ids.min()}")
+        return [ids.astype(np.int64, copy=False) for ids in values]

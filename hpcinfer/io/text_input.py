@@ -1,5 +1,6 @@
-"""Text input: JSONL (one JSON object per line, text in `field`) or plain text (one item
-per line). Each rank reads only the lines of its chunks, found through a line index.
+"""Text input: JSONL (one JSON object per line; in `field` a text, or a list of token
+ids) or plain text (one item per line). Each rank reads only the lines of its chunks,
+found through a line index.
 
 The index (the byte offset of every line) is built once per rank by scanning the file
 for newlines with numpy, a block at a time, 8 bytes per line of memory; a corpus of
@@ -34,7 +35,19 @@ def line_ends(path: Path) -> np.ndarray:
     return ends.astype(np.int64)
 
 
+def is_token_ids(value: object) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
+    )
+
+
+def _brief(value: object) -> str:
+    text = "nothing (no such field)" if value is None else json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 class TextRows:
+    items = True  # rows are texts or token-id lists, not arrays of numbers
     row_shape: tuple[int, ...] = ()
     dtype = np.dtype(object)
 
@@ -49,20 +62,27 @@ class TextRows:
         if self.n_rows and kind == "jsonl":
             self.read(0, 1)  # the first line tells a wrong field early
 
-    def _parse(self, i: int, raw: bytes) -> str:
+    def where(self, i: int) -> str:
+        """Row i as a user finds it: file and line number."""
+        return f"{self.path}:{i + 1}"
+
+    def _parse(self, i: int, raw: bytes) -> str | list[int]:
         text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
         if self.kind == "text":
             return text
         try:
             record = json.loads(text)
         except json.JSONDecodeError as e:
-            raise JobError(f"{self.path}:{i + 1}: not valid JSON ({e.msg})") from None
+            raise JobError(f"{self.where(i)}: not valid JSON ({e.msg})") from None
         value = record.get(self.dataset) if isinstance(record, dict) else None
-        if not isinstance(value, str):
-            raise JobError(f"{self.path}:{i + 1}: no text field {self.dataset!r} (input.field)")
-        return value
+        if isinstance(value, str) or is_token_ids(value):
+            return value
+        raise JobError(
+            f"{self.where(i)}: field {self.dataset!r} (input.field) must be a text or a list "
+            f"of token ids (integers >= 0); got {_brief(value)}"
+        )
 
-    def read(self, start: int, stop: int) -> list[str]:
+    def read(self, start: int, stop: int) -> list[str | list[int]]:
         if start >= stop:
             return []
         with self.path.open("rb") as f:

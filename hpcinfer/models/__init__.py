@@ -18,7 +18,8 @@ from hpcinfer.errors import JobError
 
 class Model(Protocol):
     #: shape of one input row, e.g. (64,) for a 64-feature MLP; None for text models,
-    #: which have predict_texts(texts, batch_size) instead of predict(batch)
+    #: which have predict_items(items, batch_size) instead of predict(batch): an item is
+    #: a text or a list of token ids
     row_shape: tuple[int, ...] | None
     #: output dataset name -> (shape of one output row, dtype)
     outputs: dict[str, tuple[tuple[int, ...], np.dtype]]
@@ -51,13 +52,35 @@ def read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
-def load_model(folder: Path, backend: Any, dtype: str, tp: Any = None, tp_rank: int = 0) -> Model:
+# model_type -> the tasks it can do; the first is the default.
+TASKS = {"mlp": ("predict",), "bert": ("embed",), "gpt2": ("score",)}
+
+
+def load_model(
+    folder: Path,
+    backend: Any,
+    dtype: str,
+    tp: Any = None,
+    tp_rank: int = 0,
+    task: str = "auto",
+) -> Model:
     """Load this TP rank's shard of the model in `folder`, computing in `dtype`.
 
     `tp` is the TP group's collectives (hpcinfer.comm); None means no tensor parallelism.
+    `task` (model.task) must be one the model type can do; "auto" takes its default.
     """
     config = read_config(folder)
     model_type = config.get("model_type")
+    if model_type not in TASKS:
+        raise JobError(
+            f"{folder / 'config.json'}: unsupported model_type {model_type!r} "
+            f"(known: {', '.join(TASKS)})"
+        )
+    if task != "auto" and task not in TASKS[model_type]:
+        raise JobError(
+            f"model.task = {task!r} is not available for model_type {model_type!r} "
+            f"({folder}); it can do: {', '.join(TASKS[model_type])}"
+        )
     if model_type == "mlp":
         from hpcinfer.models.mlp import MLP
 
@@ -66,6 +89,6 @@ def load_model(folder: Path, backend: Any, dtype: str, tp: Any = None, tp_rank: 
         from hpcinfer.models.bert import BertEmbedder
 
         return BertEmbedder(folder, config, backend, dtype, tp, tp_rank)
-    raise JobError(
-        f"{folder / 'config.json'}: unsupported model_type {model_type!r} (known: mlp, bert)"
-    )
+    from hpcinfer.models.gpt2 import Gpt2Scorer
+
+    return Gpt2Scorer(folder, config, backend, dtype, tp, tp_rank)

@@ -31,6 +31,18 @@ from hpcinfer.backends import compile_forward
 from hpcinfer.comm import Collectives, Solo
 from hpcinfer.errors import JobError
 from hpcinfer.io.safetensors_file import SafetensorsFile
+from hpcinfer.models.transformer import (
+    attention,
+    encode_items,
+    gelu_erf,
+    layer_norm,
+    length_batches,
+    load_tokenizer,
+    split_heads,
+    stack_layers,
+    tree_leaves,
+    tree_map,
+)
 from hpcinfer.parallel import column_linear, row_linear, shard_range
 
 POOLING_MODES = ("mean", "cls", "max")
@@ -106,28 +118,6 @@ def read_pooling(folder: Path) -> tuple[str, bool]:
     return pooling, normalize
 
 
-def contiguous(t, xp):
-    """A C-contiguous copy where arrays have layouts (numpy, cupy); JAX decides its own."""
-    return xp.ascontiguousarray(t) if hasattr(xp, "ascontiguousarray") else t
-
-
-def padded_length(n: int) -> int:
-    """The padded sequence length for a batch whose longest text has n tokens: the next of
-    16, 24, 32, 48, 64, 96, 128, ... (at most ~1.5x padding; few shapes for XLA to compile)."""
-    size = 16
-    while True:
-        for candidate in (size, size * 3 // 2):
-            if n <= candidate:
-                return candidate
-        size *= 2
-
-
-def layer_norm(x, w, b, eps, xp):
-    mean = x.mean(axis=-1, keepdims=True)
-    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
-    return (x - mean) / xp.sqrt(var + eps) * w + b
-
-
 def bert_forward(params, ids, mask, *, xp, erf, scan, tp: Collectives, cfg: BertConfig):
     """ids, mask (B, L) -> sentence embeddings (B, H), the same on every TP rank.
 
@@ -140,26 +130,16 @@ def bert_forward(params, ids, mask, *, xp, erf, scan, tp: Collectives, cfg: Bert
     x = layer_norm(x, emb["ln_w"], emb["ln_b"], cfg.eps, xp)
     d = cfg.hidden // cfg.heads
     bias = (1.0 - mask[:, None, None, :].astype(x.dtype)) * -1e9  # (B, 1, 1, L)
-    batch = x.shape[0]
-
-    def heads(t):  # (B, L, h*d) -> (B, h, L, d), contiguous: numpy's stacked matmul only
-        # calls BLAS on contiguous operands (a strided view falls back to a slow loop).
-        return contiguous(t.reshape(batch, seq, -1, d).transpose(0, 2, 1, 3), xp)
 
     def layer(x, p):
-        q = heads(column_linear(x, p["q_w"], p["q_b"], tp))
-        k = heads(column_linear(x, p["k_w"], p["k_b"], tp))
-        v = heads(column_linear(x, p["v_w"], p["v_b"], tp))
-        k_t = contiguous(k.transpose(0, 1, 3, 2), xp)  # (B, h, d, L)
-        scores = q @ k_t / np.sqrt(d) + bias  # (B, h, L, L)
-        scores = xp.exp(scores - scores.max(axis=-1, keepdims=True))
-        probs = scores / scores.sum(axis=-1, keepdims=True)
-        ctx = (probs @ v).transpose(0, 2, 1, 3).reshape(batch, seq, -1)  # (B, L, h*d)
+        q = split_heads(column_linear(x, p["q_w"], p["q_b"], tp), d, xp)
+        k = split_heads(column_linear(x, p["k_w"], p["k_b"], tp), d, xp)
+        v = split_heads(column_linear(x, p["v_w"], p["v_b"], tp), d, xp)
+        ctx = attention(q, k, v, bias, 1.0 / np.sqrt(d), xp)  # (B, L, h*d)
         x = layer_norm(
             x + row_linear(ctx, p["o_w"], p["o_b"], tp), p["ln1_w"], p["ln1_b"], cfg.eps, xp
         )
-        h = column_linear(x, p["i_w"], p["i_b"], tp)  # (B, L, inter/tp)
-        h = 0.5 * h * (1.0 + erf(h / np.sqrt(2.0)))  # exact GELU, as BERT uses
+        h = gelu_erf(column_linear(x, p["i_w"], p["i_b"], tp), erf)  # (B, L, inter/tp)
         return layer_norm(
             x + row_linear(h, p["o2_w"], p["o2_b"], tp), p["ln2_w"], p["ln2_b"], cfg.eps, xp
         )
@@ -227,9 +207,7 @@ def read_bert_shard(folder: Path, cfg: BertConfig, dtype: str, tp_rank: int, tp:
                 full(n + name + ".bias"),
             )
         params["layers"].append(layer)
-    # One array per tensor name, layers stacked on axis 0 (what `scan` walks).
-    layers = params["layers"]
-    params["layers"] = {k: np.stack([layer[k] for layer in layers]) for k in layers[0]}
+    params["layers"] = stack_layers(params["layers"])
     return params
 
 
@@ -247,8 +225,6 @@ class BertEmbedder:
         tp: Collectives | None = None,
         tp_rank: int = 0,
     ):
-        from tokenizers import Tokenizer
-
         tp = tp or Solo()
         self.cfg = BertConfig.from_folder(folder, config)
         if self.cfg.heads % tp.size:
@@ -256,16 +232,12 @@ class BertEmbedder:
                 f"{folder / 'config.json'}: run.tp = {tp.size} does not divide the "
                 f"{self.cfg.heads} attention heads"
             )
-        path = folder / "tokenizer.json"
-        if not path.is_file():
-            raise JobError(f"{path}: not found (a text model needs tokenizer.json)")
-        self.tokenizer = Tokenizer.from_file(str(path))
-        self.tokenizer.enable_truncation(max_length=self.cfg.max_length)
-        self.tokenizer.no_padding()
+        self.tokenizer = load_tokenizer(folder, self.cfg.max_length)
+        self.vocab_size = int(config.get("vocab_size", self.tokenizer.get_vocab_size()))
         self.backend, self.dtype, self.tp_size = backend, np.dtype(dtype), tp.size
         host = read_bert_shard(folder, self.cfg, dtype, tp_rank, tp.size)
-        self.weight_bytes = sum(a.nbytes for a in _leaves(host))
-        self.params = _map(backend.asarray, host)
+        self.weight_bytes = sum(a.nbytes for a in tree_leaves(host))
+        self.params = tree_map(backend.asarray, host)
         self.outputs = {"embeddings": ((self.cfg.hidden,), np.dtype("float32"))}
         forward = partial(
             bert_forward,
@@ -278,24 +250,11 @@ class BertEmbedder:
         self.compiled = tp.traceable and backend.name == "jax"
         self._forward = compile_forward(backend, tp, forward)
 
-    def tokenize(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.tokenizer.encode_batch(texts)]
-
-    def predict_texts(self, texts: list[str], batch_size: int) -> dict[str, np.ndarray]:
-        """Embeddings in input order; batches are formed by length to keep padding small."""
-        ids = self.tokenize(texts)
-        order = np.argsort([len(t) for t in ids], kind="stable")
-        out = np.empty((len(texts), self.cfg.hidden), np.float32)
-        for b0 in range(0, len(order), batch_size):
-            rows = order[b0 : b0 + batch_size]
-            seq = padded_length(max(len(ids[i]) for i in rows))
-            # Compiled backends get whole batches (empty rows, all masked): fewer shapes.
-            height = batch_size if self.compiled else len(rows)
-            batch = np.zeros((height, seq), np.int64)
-            mask = np.zeros((height, seq), np.int64)
-            for j, i in enumerate(rows):
-                batch[j, : len(ids[i])] = ids[i]
-                mask[j, : len(ids[i])] = 1
+    def predict_items(self, items: list, batch_size: int) -> dict[str, np.ndarray]:
+        """Embeddings of texts (or token-id lists) in input order; batched by length."""
+        ids = encode_items(self.tokenizer, items, self.cfg.max_length, self.vocab_size)
+        out = np.empty((len(items), self.cfg.hidden), np.float32)
+        for rows, batch, mask in length_batches(ids, batch_size, self.compiled):
             y = self._forward(
                 self.params, self.backend.asarray_int(batch), self.backend.asarray_int(mask)
             )
@@ -319,22 +278,3 @@ class BertEmbedder:
             "normalize": c.normalize,
             "max_length": c.max_length,
         }
-
-
-def _leaves(tree):
-    if isinstance(tree, dict):
-        for v in tree.values():
-            yield from _leaves(v)
-    elif isinstance(tree, list):
-        for v in tree:
-            yield from _leaves(v)
-    else:
-        yield tree
-
-
-def _map(fn, tree):
-    if isinstance(tree, dict):
-        return {k: _map(fn, v) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [_map(fn, v) for v in tree]
-    return fn(tree)

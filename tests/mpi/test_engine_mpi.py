@@ -64,7 +64,8 @@ def test_run_job_matches_the_serial_model(rt, shared_tmp):
     expected = np.concatenate(
         [model.predict(x[i : i + 128])["outputs"] for i in range(0, len(x), 128)]
     )
-    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+    # float32 GEMMs of other shapes (chunks of 100 rows, not batches of 128) round apart
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
     assert not out.with_name("digits.h5.partial").exists()
 
 
