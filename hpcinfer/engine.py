@@ -322,6 +322,8 @@ def run_job(job: Job, rt: Runtime, options: RunOptions = RunOptions()) -> int:
         "peak_rss_mb_after_load": rss_after_load,
         "peak_rss_mb": peak_rss_mb(),
     }
+    if counts := getattr(plan.model, "token_counts", None):  # text models
+        metrics["tokens_real"], metrics["tokens_computed"] = counts.real, counts.computed
     finished = rt.comm.gather((log, metrics), root=0)
     compute_seconds = time.perf_counter() - t0
     complete = True

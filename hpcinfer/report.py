@@ -64,8 +64,15 @@ def report_data(run: RunRecord) -> dict:
         key: sum(m[f"{key}_seconds"] for m in run.metrics)
         for key in ("busy", "idle", "collective", "io")
     }
+    leaders = [m for m in run.metrics if m["tp_rank"] == 0 and "tokens_real" in m]
     return {
         "groups": groups,
+        # text models: tokens of text / tokens computed (padding included); None otherwise
+        "tokens": (
+            (sum(m["tokens_real"] for m in leaders), sum(m["tokens_computed"] for m in leaders))
+            if leaders
+            else None
+        ),
         "chunks_per_group": per_group.tolist(),
         "stolen_per_group": stolen.tolist(),
         "resumed_chunks": int(run.chunks["resumed"].sum()),
@@ -101,6 +108,14 @@ def text_summary(run: RunRecord, data: dict) -> str:
                 for c, st in zip(data["chunks_per_group"], data["stolen_per_group"], strict=True)
             ),
         ]
+        + (
+            [
+                f"  tokens: {data['tokens'][0]:,} of text in {data['tokens'][1]:,} computed "
+                f"(padding efficiency {data['tokens'][0] / max(1, data['tokens'][1]):.1%})"
+            ]
+            if data["tokens"]
+            else []
+        )
     )
 
 

@@ -20,6 +20,7 @@ from hpcinfer.backends import get_backend
 from hpcinfer.comm import Solo
 from hpcinfer.errors import JobError
 from hpcinfer.models import load_model
+from hpcinfer.report import load_run, report_data
 from tests.conftest import DATA, hpcinfer, write_job
 
 MODEL = DATA / "models" / "tiny-gpt2"
@@ -279,3 +280,14 @@ def test_the_shipped_job_runs(tmp_path):
         n = len((DATA / "corpus.jsonl").read_text().splitlines())
         assert f["logprob"].shape == (n,) and f["num_tokens"].dtype == np.int64
         assert (f["logprob"][:] < 0).all() and (f["num_tokens"][:] > 1).all()
+        tokens = int(f["num_tokens"][:].sum())
+    real, computed = report_data(load_run(out))["tokens"]  # what the ranks counted
+    assert real == tokens and tokens < computed < 2 * tokens
+
+
+def test_status_reads_a_text_job(tmp_path, score_job):
+    from hpcinfer.job import load_job
+    from hpcinfer.status import job_status
+
+    job = load_job(score_job, [f"output.path='{tmp_path / 'none.h5'}'"])
+    assert job_status(job).endswith("not started (5 chunks, 200 rows)")

@@ -32,6 +32,7 @@ from hpcinfer.comm import Collectives, Solo
 from hpcinfer.errors import JobError
 from hpcinfer.io.safetensors_file import SafetensorsFile
 from hpcinfer.models.transformer import (
+    TokenCounts,
     attention,
     encode_items,
     gelu_erf,
@@ -248,13 +249,14 @@ class BertEmbedder:
             cfg=self.cfg,
         )
         self.compiled = tp.traceable and backend.name == "jax"
+        self.token_counts = TokenCounts()
         self._forward = compile_forward(backend, tp, forward)
 
     def predict_items(self, items: list, batch_size: int) -> dict[str, np.ndarray]:
         """Embeddings of texts (or token-id lists) in input order; batched by length."""
         ids = encode_items(self.tokenizer, items, self.cfg.max_length, self.vocab_size)
         out = np.empty((len(items), self.cfg.hidden), np.float32)
-        for rows, batch, mask in length_batches(ids, batch_size, self.compiled):
+        for rows, batch, mask in length_batches(ids, batch_size, self.compiled, self.token_counts):
             y = self._forward(
                 self.params, self.backend.asarray_int(batch), self.backend.asarray_int(mask)
             )

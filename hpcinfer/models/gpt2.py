@@ -36,6 +36,7 @@ from hpcinfer.comm import Collectives, Solo
 from hpcinfer.errors import JobError
 from hpcinfer.io.safetensors_file import SafetensorsFile
 from hpcinfer.models.transformer import (
+    TokenCounts,
     attention,
     encode_items,
     gelu_erf,
@@ -284,13 +285,14 @@ class Gpt2Scorer:
             vocab_start=vocab_start,
         )
         self.compiled = tp.traceable and backend.name == "jax"
+        self.token_counts = TokenCounts()
         self._forward = compile_forward(backend, tp, forward)
 
     def predict_items(self, items: list, batch_size: int) -> dict[str, np.ndarray]:
         """Scores in input order; texts batched by length so padding stays small."""
         ids = encode_items(self.tokenizer, items, self.cfg.positions, self.cfg.vocab)
         logprob = np.zeros(len(items), np.float64)
-        for rows, batch, mask in length_batches(ids, batch_size, self.compiled):
+        for rows, batch, mask in length_batches(ids, batch_size, self.compiled, self.token_counts):
             token_logp = self._forward(
                 self.params, self.backend.asarray_int(batch), self.backend.asarray_int(mask)
             )

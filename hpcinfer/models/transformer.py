@@ -8,6 +8,7 @@ communicates (the models call hpcinfer.parallel for that).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,8 +101,17 @@ def encode_items(
     return ids  # type: ignore[return-value]
 
 
+@dataclass
+class TokenCounts:
+    """Tokens of real text, and tokens computed (padding included): their ratio is the
+    padding efficiency, reported per rank in the output's rank_metrics."""
+
+    real: int = 0
+    computed: int = 0
+
+
 def length_batches(
-    ids: list[np.ndarray], batch_size: int, full_height: bool
+    ids: list[np.ndarray], batch_size: int, full_height: bool, counts: TokenCounts
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(rows, token ids (B, L), mask (B, L)) per batch, rows sorted by length so padding
     stays small, L from `padded_length`. With `full_height` every batch has `batch_size`
@@ -116,6 +126,8 @@ def length_batches(
         for j, i in enumerate(rows):
             batch[j, : len(ids[i])] = ids[i]
             mask[j, : len(ids[i])] = 1
+        counts.real += sum(len(ids[i]) for i in rows)
+        counts.computed += batch.size
         yield rows, batch, mask
 
 
