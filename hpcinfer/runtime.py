@@ -13,8 +13,6 @@ rank exits cleanly with code 2 and only rank 0 prints.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import socket
 import sys
@@ -65,29 +63,12 @@ def pinned_cores(cores: list[int], local_rank: int, threads: int) -> list[int]:
     return [cores[(start + i) % len(cores)] for i in range(min(threads, len(cores)))]
 
 
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
-
-
-def return_freed_buffers(threshold: int = 2**20) -> None:
-    """Make every buffer over `threshold` bytes its own mapping, given back when freed.
-
-    Batches, activations and chunk results of a few MiB come and go all run long. glibc
-    maps such buffers until the first is freed, then raises its mmap threshold to that
-    size and serves later ones from the heap, which it seldom gives back: resident memory
-    grows past what the rank holds (measured on jobs/big-mlp.toml: +24 MiB of 518 MiB at
-    tp=1). Setting the threshold fixes it in place; no effect outside glibc.
-    """
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
-        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, threshold)
-
-
 def start(requested_threads: int = 0) -> Runtime:
     """Initialise MPI and limit this rank's threads; call before importing numpy."""
     from mpi4py import MPI
 
     from hpcinfer import stop
 
-    return_freed_buffers()
     stop.install()
     comm = MPI.COMM_WORLD.Dup()
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)
