@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,12 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
 JOBS = ROOT / "jobs"
 DIGITS_JOB = JOBS / "digits-mlp.toml"
+
+# JAX's compilation cache: one folder for this test session (every rank of every job
+# launched from it shares what the others compiled), never the user's own.
+_JAX_CACHE = tempfile.mkdtemp(prefix="hpcinfer-test-jax-cache-")
+os.environ["HPCINFER_JAX_CACHE"] = _JAX_CACHE
+atexit.register(shutil.rmtree, _JAX_CACHE, ignore_errors=True)
 
 
 def mpiexec() -> str:
