@@ -27,22 +27,20 @@ from typing import Any
 
 import numpy as np
 
-from hpcinfer.backends import compile_forward
 from hpcinfer.comm import Collectives, Solo
 from hpcinfer.errors import JobError
 from hpcinfer.io.safetensors_file import SafetensorsFile
 from hpcinfer.models.transformer import (
-    TokenCounts,
+    TextModel,
     attention,
+    check_heads_split,
     encode_items,
     gelu_erf,
     layer_norm,
-    length_batches,
     load_tokenizer,
     split_heads,
     stack_layers,
     tree_leaves,
-    tree_map,
 )
 from hpcinfer.parallel import column_linear, row_linear, shard_range
 
@@ -212,10 +210,8 @@ def read_bert_shard(folder: Path, cfg: BertConfig, dtype: str, tp_rank: int, tp:
     return params
 
 
-class BertEmbedder:
+class BertEmbedder(TextModel):
     """Texts in, sentence embeddings out (dataset "embeddings", (N, H) float32)."""
-
-    row_shape = None  # rows are texts
 
     def __init__(
         self,
@@ -228,39 +224,20 @@ class BertEmbedder:
     ):
         tp = tp or Solo()
         self.cfg = BertConfig.from_folder(folder, config)
-        if self.cfg.heads % tp.size:
-            raise JobError(
-                f"{folder / 'config.json'}: run.tp = {tp.size} does not divide the "
-                f"{self.cfg.heads} attention heads"
-            )
+        check_heads_split(self.cfg.heads, tp.size, folder / "config.json")
         self.tokenizer = load_tokenizer(folder, self.cfg.max_length)
         self.vocab_size = int(config.get("vocab_size", self.tokenizer.get_vocab_size()))
-        self.backend, self.dtype, self.tp_size = backend, np.dtype(dtype), tp.size
         host = read_bert_shard(folder, self.cfg, dtype, tp_rank, tp.size)
         self.weight_bytes = sum(a.nbytes for a in tree_leaves(host))
-        self.params = tree_map(backend.asarray, host)
         self.outputs = {"embeddings": ((self.cfg.hidden,), np.dtype("float32"))}
-        forward = partial(
-            bert_forward,
-            xp=backend.xp,
-            erf=backend.erf,
-            scan=backend.scan_layers,
-            tp=tp,
-            cfg=self.cfg,
-        )
-        self.compiled = tp.traceable and backend.name == "jax"
-        self.token_counts = TokenCounts()
-        self._forward = compile_forward(backend, tp, forward)
+        self.bind(backend, dtype, tp, host, partial(bert_forward, cfg=self.cfg))
 
     def predict_items(self, items: list, batch_size: int) -> dict[str, np.ndarray]:
         """Embeddings of texts (or token-id lists) in input order; batched by length."""
         ids = encode_items(self.tokenizer, items, self.cfg.max_length, self.vocab_size)
         out = np.empty((len(items), self.cfg.hidden), np.float32)
-        for rows, batch, mask in length_batches(ids, batch_size, self.compiled, self.token_counts):
-            y = self._forward(
-                self.params, self.backend.asarray_int(batch), self.backend.asarray_int(mask)
-            )
-            out[rows] = self.backend.to_host(y)[: len(rows)]
+        for rows, y in self.run_batches(ids, batch_size):
+            out[rows] = y
         return {"embeddings": out}
 
     def activation_bytes(self, batch_size: int) -> int:

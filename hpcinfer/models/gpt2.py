@@ -31,23 +31,21 @@ from typing import Any
 
 import numpy as np
 
-from hpcinfer.backends import compile_forward
 from hpcinfer.comm import Collectives, Solo
 from hpcinfer.errors import JobError
 from hpcinfer.io.safetensors_file import SafetensorsFile
 from hpcinfer.models.transformer import (
-    TokenCounts,
+    TextModel,
     attention,
+    check_heads_split,
     encode_items,
     gelu_erf,
     gelu_tanh,
     layer_norm,
-    length_batches,
     load_tokenizer,
     split_heads,
     stack_layers,
     tree_leaves,
-    tree_map,
 )
 from hpcinfer.parallel import column_linear, matmul, reduce_from_tp_region, row_linear, shard_range
 
@@ -239,10 +237,8 @@ def _slice(r: range) -> slice:
     return slice(r.start, r.stop)
 
 
-class Gpt2Scorer:
+class Gpt2Scorer(TextModel):
     """Texts (or token-id lists) in; `logprob` (float64) and `num_tokens` per text out."""
-
-    row_shape = None  # rows are texts
 
     def __init__(
         self,
@@ -256,48 +252,29 @@ class Gpt2Scorer:
         tp = tp or Solo()
         where = folder / "config.json"
         self.cfg = Gpt2Config.from_json(config, where)
-        if self.cfg.heads % tp.size:
-            raise JobError(
-                f"{where}: run.tp = {tp.size} does not divide the {self.cfg.heads} attention heads"
-            )
+        check_heads_split(self.cfg.heads, tp.size, where)
         if tp.size > self.cfg.vocab:
             raise JobError(f"{where}: run.tp = {tp.size} is larger than the vocabulary")
         self.tokenizer = load_tokenizer(folder, self.cfg.positions)
-        self.backend, self.dtype, self.tp_size = backend, np.dtype(dtype), tp.size
         host, vocab_start = read_gpt2_shard(folder, self.cfg, dtype, tp_rank, tp.size)
         self.weight_bytes = sum(
             a.nbytes for k, a in _named_leaves(host) if not (k == "head" and self.cfg.tied)
         )
-        self.params = tree_map(backend.asarray, host)
-        if self.cfg.tied:  # one array, not a device copy of each
-            self.params["head"] = self.params["wte"]
         self.outputs = {
             "logprob": ((), np.dtype("float64")),
             "num_tokens": ((), np.dtype("int64")),
         }
-        forward = partial(
-            gpt2_forward,
-            xp=backend.xp,
-            erf=backend.erf,
-            scan=backend.scan_layers,
-            tp=tp,
-            cfg=self.cfg,
-            vocab_start=vocab_start,
-        )
-        self.compiled = tp.traceable and backend.name == "jax"
-        self.token_counts = TokenCounts()
-        self._forward = compile_forward(backend, tp, forward)
+        forward = partial(gpt2_forward, cfg=self.cfg, vocab_start=vocab_start)
+        self.bind(backend, dtype, tp, host, forward)
+        if self.cfg.tied:  # one array for both, not a device copy of each
+            self.params["head"] = self.params["wte"]
 
     def predict_items(self, items: list, batch_size: int) -> dict[str, np.ndarray]:
         """Scores in input order; texts batched by length so padding stays small."""
         ids = encode_items(self.tokenizer, items, self.cfg.positions, self.cfg.vocab)
         logprob = np.zeros(len(items), np.float64)
-        for rows, batch, mask in length_batches(ids, batch_size, self.compiled, self.token_counts):
-            token_logp = self._forward(
-                self.params, self.backend.asarray_int(batch), self.backend.asarray_int(mask)
-            )
-            logp = self.backend.to_host(token_logp)[: len(rows)]
-            logprob[rows] = logp.astype(np.float64).sum(axis=1)  # summed in float64
+        for rows, token_logp in self.run_batches(ids, batch_size):
+            logprob[rows] = token_logp.astype(np.float64).sum(axis=1)  # summed in float64
         num_tokens = np.array([len(t) for t in ids], np.int64)
         return {"logprob": logprob, "num_tokens": num_tokens}
 

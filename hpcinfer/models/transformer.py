@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hpcinfer.backends import compile_forward
 from hpcinfer.errors import BadRow, JobError
 
 
@@ -129,6 +131,41 @@ def length_batches(
         counts.real += sum(len(ids[i]) for i in rows)
         counts.computed += batch.size
         yield rows, batch, mask
+
+
+def check_heads_split(heads: int, tp: int, where: Path) -> None:
+    if heads % tp:
+        raise JobError(f"{where}: run.tp = {tp} does not divide the {heads} attention heads")
+
+
+class TextModel:
+    """What text models share once loaded: host weights on the backend, the forward
+    compiled where it can be, and texts run through it in batches of similar length.
+
+    A subclass loads its config and shard, then calls `bind`; its `predict_items` turns
+    the host results of `run_batches` into its datasets.
+    """
+
+    row_shape = None  # rows are texts or token-id lists, not arrays
+
+    def bind(self, backend: Any, dtype: str, tp: Any, host: dict, forward: Any) -> None:
+        """`forward(params, ids, mask, *, xp, erf, scan, tp)`: the model's pure forward."""
+        self.backend, self.dtype, self.tp_size = backend, np.dtype(dtype), tp.size
+        self.params = tree_map(backend.asarray, host)
+        self.compiled = tp.traceable and backend.name == "jax"
+        self.token_counts = TokenCounts()
+        bound = partial(forward, xp=backend.xp, erf=backend.erf, scan=backend.scan_layers, tp=tp)
+        self._forward = compile_forward(backend, tp, bound)
+
+    def run_batches(
+        self, ids: list[np.ndarray], batch_size: int
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(rows, host result of those rows) per batch, rows batched by length."""
+        for rows, batch, mask in length_batches(ids, batch_size, self.compiled, self.token_counts):
+            y = self._forward(
+                self.params, self.backend.asarray_int(batch), self.backend.asarray_int(mask)
+            )
+            yield rows, self.backend.to_host(y)[: len(rows)]
 
 
 def tree_leaves(tree: Any) -> Iterator[Any]:
