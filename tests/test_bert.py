@@ -183,3 +183,24 @@ def test_inspect_knows_bert_and_agrees_with_what_loading_holds(capsys):
     held = load_model(MODEL, get_backend("numpy", "float32"), "float32").weight_bytes
     shown = float(next(line.split()[1] for line in out.splitlines() if line.split()[:1] == ["1"]))
     assert shown == pytest.approx(held / 2**20, abs=0.05)  # MiB, as printed
+
+
+@pytest.mark.mpi
+def test_the_shipped_job_runs(tmp_path, reference):
+    out = tmp_path / "minilm.h5"
+    p = hpcinfer(
+        "run",
+        "jobs/minilm-embed.toml",
+        "--quiet",
+        "--set",
+        f"model.path='{MODEL}'",
+        "--set",
+        f"output.path='{out}'",
+        n=2,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr
+    with h5py.File(out, "r") as f:
+        got = f["embeddings"]
+        assert got.shape == (len((DATA / "corpus.jsonl").read_text().splitlines()), 384)
+        np.testing.assert_allclose(got[:N], reference, atol=2e-6)
