@@ -61,7 +61,7 @@ def make_plan(job: Job, grid: Grid, local_rank: int = 0) -> Plan:
     model = load_model(job.model.path, backend, job.run.dtype, tp, grid.tp_rank, job.model.task)
     if (model.row_shape is None) != reader.items:
         wants = "texts or token ids" if model.row_shape is None else "numeric rows (HDF5)"
-        holds = f"{reader.kind}" if reader.items else "numeric rows (HDF5)"
+        holds = reader.kind if reader.items else "numeric rows (HDF5)"
         raise JobError(
             f"{job.source}: the model {job.model.path} reads {wants}, but "
             f"input.path {reader.path} holds {holds}"

@@ -90,6 +90,9 @@ def test_a_token_id_outside_the_vocabulary_is_named():
 
     with pytest.raises(BadRow, match=r"token id 1001 is outside the vocabulary \(0\.\.1000\)"):
         load().predict_items([[1, 2], [3, 1001]], 2)
+    with pytest.raises(BadRow, match=r"token id -7 is outside the vocabulary") as bad:
+        load().predict_items(["text", [2, -7]], 2)
+    assert bad.value.index == 1
 
 
 def copy_model(tmp_path: Path) -> Path:
@@ -181,19 +184,16 @@ def test_inspect_knows_gpt2_and_agrees_with_what_loading_holds(capsys):
     assert "gpt2, 2 layers, hidden 96, 12 heads, vocabulary 1001" in out
     assert "8 does not fit: tp does not divide the 12 heads" in out
     for tp in (1, 2, 3, 4):
-        held = max(load(tp=_group(tp, r), tp_rank=r).weight_bytes for r in range(tp))
+        held = max(load(tp=_group_of(tp), tp_rank=r).weight_bytes for r in range(tp))
         line = next(s for s in out.splitlines() if s.split()[:1] == [str(tp)])
         assert line.split()[1:3] == human_bytes(held).split(), (tp, line)
 
 
-def _group(size: int, rank: int):
+def _group_of(size: int) -> Solo:
     """A stand-in TP group for loading one rank's shard in-process (never communicates)."""
-
-    class Group(Solo):
-        pass
-
-    Group.size = size
-    return Group()
+    group = Solo()
+    group.size = size
+    return group
 
 
 # --- end to end, under mpiexec ------------------------------------------------------------
@@ -260,13 +260,24 @@ def test_hdf5_inputs(score_job, reference, kind):
 
 
 @pytest.mark.mpi
-def test_a_bad_token_id_names_file_and_line(score_job):
-    bad = score_job.parent / "bad.jsonl"
-    bad.write_text('{"text": [1, 2, 3]}\n{"text": "fine"}\n{"text": [4, 99999]}\n')
-    p = hpcinfer("run", str(score_job), "--set", f"input.path='{bad}'", n=2, timeout=120)
+@pytest.mark.parametrize("kind", ["jsonl", "hdf5"])
+def test_a_bad_token_id_names_file_and_row(score_job, kind):
+    if kind == "jsonl":
+        bad = score_job.parent / "bad.jsonl"
+        bad.write_text('{"text": [1, 2, 3]}\n{"text": "fine"}\n{"text": [4, 99999]}\n')
+        sets, expected = [], "bad.jsonl:3: token id 99999 is outside the vocabulary (0..1000)"
+    else:
+        bad = score_job.parent / "bad.h5"
+        with h5py.File(bad, "w") as f:
+            rows = f.create_dataset("rows", (3,), dtype=h5py.vlen_dtype(np.int64))
+            rows[0], rows[1], rows[2] = [1, 2], [2, -7], [3]
+        sets, expected = ["--set", "input.dataset=rows"], "bad.h5:rows[1]: token id -7 is outside"
+    out = score_job.parent / f"bad-{kind}-out.h5"
+    sets += ["--set", f"input.path='{bad}'", "--set", f"output.path='{out}'"]
+    p = hpcinfer("run", str(score_job), *sets, n=2, timeout=120)
     assert p.returncode == 2
-    assert "bad.jsonl:3: token id 99999 is outside the vocabulary (0..1000)" in p.stderr
-    assert not (score_job.parent / "out.h5").exists()
+    assert expected in p.stderr
+    assert not out.exists()
 
 
 @pytest.mark.mpi

@@ -33,10 +33,10 @@ def test_jsonl_token_ids(tmp_path):
     path = tmp_path / "ids.jsonl"
     path.write_text('{"ids": [5, 0, 17]}\n{"ids": []}\n{"ids": [1, -2]}\n{"ids": [1, true]}\n')
     rows = TextRows(path, "jsonl", "ids")
-    assert rows.read(0, 2) == [[5, 0, 17], []]
-    for line in (3, 4):
-        with pytest.raises(JobError, match=rf"ids\.jsonl:{line}: .*list of token ids"):
-            rows.read(line - 1, line)
+    # -2 is read as given: the vocabulary's bounds are the model's to check (test_gpt2)
+    assert rows.read(0, 3) == [[5, 0, 17], [], [1, -2]]
+    with pytest.raises(JobError, match=r"ids\.jsonl:4: .*list of token ids"):
+        rows.read(3, 4)
 
 
 def test_hdf5_picks_the_reader_by_type(tmp_path):
@@ -58,7 +58,6 @@ def test_hdf5_picks_the_reader_by_type(tmp_path):
     assert ids.kind == "hdf5 token ids" and ids.n_rows == 3
     got = ids.read(1, 3)
     assert [list(t) for t in got] == [[], [1, 5]] and got[1].dtype == np.int64
-    with pytest.raises(JobError, match=r"in\.h5:bad_ids\[0\]: negative token id -7"):
-        open_hdf5(path, "bad_ids").read(0, 1)
+    assert open_hdf5(path, "bad_ids").read(0, 1)[0].tolist() == [2, -7]  # the model refuses
     with pytest.raises(JobError, match="expected numbers, strings or variable-length"):
         open_hdf5(path, "words")

@@ -93,8 +93,9 @@ class Hdf5Items(Hdf5Rows):
         if node.ndim != 1:
             file.close()
             raise JobError(f"{path}:{dataset} has shape {node.shape}; expected one item per row")
-        self.kind = f"hdf5 {item_kind(node.dtype)}"
-        self._texts = item_kind(node.dtype) == "texts"
+        kind = item_kind(node.dtype)
+        self.kind = f"hdf5 {kind}"
+        self._texts = kind == "texts"
         self._data = node.asstr() if self._texts else node
         self.n_rows = int(node.shape[0])
         self.row_shape = ()
@@ -105,7 +106,5 @@ class Hdf5Items(Hdf5Rows):
         values = self._data[start:stop]
         if self._texts:
             return list(values)
-        for i, ids in enumerate(values):
-            if ids.size and ids.min() < 0:
-                raise JobError(f"{self.where(start + i)}: negative token id {ids.min()}")
+        # Ids outside the vocabulary (negative ones too) are the model's to refuse.
         return [ids.astype(np.int64, copy=False) for ids in values]

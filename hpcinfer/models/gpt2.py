@@ -159,7 +159,7 @@ def gpt2_forward(
 
     x = scan(layer, x, params["layers"])
     x = layer_norm(x, params["lnf_w"], params["lnf_b"], cfg.eps, xp)
-    head = params["head"]
+    head = params.get("head", params["wte"])  # its own only when not tied to wte
     # The head's logits (rows, L-1, V_r) are the largest temporaries: a few rows at a time.
     step = max(1, LOGITS_BYTES // max(1, seq * head.shape[0] * x.dtype.itemsize))
     parts = [
@@ -196,13 +196,11 @@ def read_gpt2_shard(
         "lnf_w": full("ln_f.weight"),
         "lnf_b": full("ln_f.bias"),
     }
-    if cfg.tied:
-        params["head"] = params["wte"]
-    elif "lm_head.weight" in f:
+    if not cfg.tied:  # tied: the head is wte itself (one array, not a copy)
+        if "lm_head.weight" not in f:
+            raise JobError(f"{f.path}: tie_word_embeddings is false but lm_head.weight is missing")
         expect("lm_head.weight", (cfg.vocab, cfg.hidden))
         params["head"] = f.read("lm_head.weight", rows=vocab_rows, dtype=dtype)
-    else:
-        raise JobError(f"{f.path}: tie_word_embeddings is false but lm_head.weight is missing")
 
     heads = shard_range(cfg.hidden, tp_rank, tp)  # this rank's columns of q, k and v
     inner = shard_range(cfg.inner, tp_rank, tp)
@@ -257,17 +255,13 @@ class Gpt2Scorer(TextModel):
             raise JobError(f"{where}: run.tp = {tp.size} is larger than the vocabulary")
         self.tokenizer = load_tokenizer(folder, self.cfg.positions)
         host, vocab_start = read_gpt2_shard(folder, self.cfg, dtype, tp_rank, tp.size)
-        self.weight_bytes = sum(
-            a.nbytes for k, a in _named_leaves(host) if not (k == "head" and self.cfg.tied)
-        )
+        self.weight_bytes = sum(a.nbytes for a in tree_leaves(host))
         self.outputs = {
             "logprob": ((), np.dtype("float64")),
             "num_tokens": ((), np.dtype("int64")),
         }
         forward = partial(gpt2_forward, cfg=self.cfg, vocab_start=vocab_start)
         self.bind(backend, dtype, tp, host, forward)
-        if self.cfg.tied:  # one array for both, not a device copy of each
-            self.params["head"] = self.params["wte"]
 
     def predict_items(self, items: list, batch_size: int) -> dict[str, np.ndarray]:
         """Scores in input order; texts batched by length so padding stays small."""
@@ -295,11 +289,3 @@ class Gpt2Scorer(TextModel):
             "vocab": c.vocab,
             "max_length": c.positions,
         }
-
-
-def _named_leaves(tree: dict):
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            yield from ((k, leaf) for leaf in tree_leaves(v))
-        else:
-            yield k, v
