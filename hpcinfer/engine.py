@@ -26,7 +26,7 @@ from hpcinfer.balance import GroupClaims
 from hpcinfer.dry_run import print_dry_run
 from hpcinfer.errors import BadRow, JobError, RunError
 from hpcinfer.grid import Grid, check_tp
-from hpcinfer.io.chunk_store import ChunkStore
+from hpcinfer.io.chunk_store import ChunkFile, ChunkStore
 from hpcinfer.io.chunk_writer import ChunkWriter
 from hpcinfer.io.inputs import Reader
 from hpcinfer.io.output import assemble_output, output_fingerprint
@@ -66,33 +66,47 @@ def peak_rss_mb() -> float:
 
 
 def predict_chunk(
-    model: Model, reader: Reader, chunk: Chunk, batch_size: int
-) -> tuple[dict[str, np.ndarray], float]:
-    """All outputs for the chunk's rows, read and computed `batch_size` rows at a time.
+    model: Model, reader: Reader, chunk: Chunk, batch_size: int, sink: ChunkFile | None
+) -> float:
+    """Compute the chunk's rows `batch_size` at a time, each batch's outputs written into
+    `sink` as soon as they exist (None: a TP rank that computes but does not write).
 
-    Returns the outputs and the seconds spent reading input.
+    Returns the seconds spent reading input and writing outputs.
     """
+    io = Stopwatch()
     if model.row_shape is None:  # texts or token ids: the model batches them by length
-        t0 = time.perf_counter()
-        items = reader.read(chunk.start, chunk.stop)
-        read_seconds = time.perf_counter() - t0
+        with io:
+            items = reader.read(chunk.start, chunk.stop)
         try:
-            return model.predict_items(items, batch_size), read_seconds
+            result = model.predict_items(items, batch_size)
         except BadRow as e:
             raise JobError(f"{reader.where(chunk.start + e.index)}: {e.message}") from None
-    out = {
-        name: np.empty((chunk.rows, *shape), dtype)
-        for name, (shape, dtype) in model.outputs.items()
-    }
-    read_seconds = 0.0
+        if sink is not None:
+            with io:
+                sink.write(result)
+        return io.seconds
     for b0 in range(0, chunk.rows, batch_size):
-        b1 = min(b0 + batch_size, chunk.rows)
-        t0 = time.perf_counter()
-        rows = reader.read(chunk.start + b0, chunk.start + b1)
-        read_seconds += time.perf_counter() - t0
-        for name, values in model.predict(rows).items():
-            out[name][b0:b1] = values
-    return out, read_seconds
+        with io:
+            rows = reader.read(chunk.start + b0, chunk.start + min(b0 + batch_size, chunk.rows))
+        outputs = model.predict(rows)
+        if sink is not None:
+            with io:
+                sink.write_rows(b0, outputs)
+        del rows, outputs  # written: the next batch's peak must not include them
+    return io.seconds
+
+
+class Stopwatch:
+    """Adds up the time spent inside `with stopwatch:` blocks."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def __enter__(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def __exit__(self, *exc) -> None:
+        self.seconds += time.perf_counter() - self._t0
 
 
 def balance_summary(metrics: list[dict[str, Any]], wall: float) -> dict[str, float]:
@@ -257,7 +271,7 @@ def run_job(job: Job, rt: Runtime, options: RunOptions = RunOptions()) -> int:
     writer = None  # only a TP group's leader writes its group's results
     if grid.is_leader:
         journal = JournalWriter(plan.partial_dir, rt.rank) if job.run.checkpoint else None
-        writer = ChunkWriter(store, journal)
+        writer = ChunkWriter(journal)
     claims = GroupClaims(grid, len(pending), job.run.balance, should_stop=stop.requested)
     progress = LiveProgress(
         rt.comm, plan.n_rows, point.progress.rows, options.progress_interval, options.quiet
@@ -272,8 +286,13 @@ def run_job(job: Job, rt: Runtime, options: RunOptions = RunOptions()) -> int:
         chunk = plan.chunks[pending[position]]
         t_chunk, start = time.perf_counter(), time.time() - epoch
         faults.before_chunk(rt.rank, done, chunk.start, chunk.stop, plan.n_rows)
-        result, read_seconds = predict_chunk(plan.model, plan.reader, chunk, job.run.batch_size)
-        io += read_seconds
+        sink = None if writer is None else store.create(chunk.index, chunk.rows, plan.model.outputs)
+        try:
+            io += predict_chunk(plan.model, plan.reader, chunk, job.run.batch_size, sink)
+        except BaseException:
+            if sink is not None:
+                sink.discard()
+            raise
         if writer is not None:
             t_write = time.perf_counter()
             stolen = position in claims.stats.stolen
@@ -281,7 +300,7 @@ def run_job(job: Job, rt: Runtime, options: RunOptions = RunOptions()) -> int:
             writer.submit(
                 chunk.index,
                 chunk.rows,
-                result,
+                sink,
                 dp=grid.dp_rank,
                 start=entry[2],
                 end=entry[3],
@@ -290,7 +309,6 @@ def run_job(job: Job, rt: Runtime, options: RunOptions = RunOptions()) -> int:
             io += time.perf_counter() - t_write  # only the wait for a free queue slot
             log.append(entry)
             progress.add(chunk.rows)
-        del result  # the writer holds it until written; the next chunk must not wait on it
         busy += time.perf_counter() - t_chunk
     plan.reader.close()
     if writer is not None:
@@ -310,7 +328,7 @@ def run_job(job: Job, rt: Runtime, options: RunOptions = RunOptions()) -> int:
         "loop_seconds": loop_seconds,  # first claim to the closing barrier
         "busy_seconds": busy,  # computing chunks (reading, predicting, writing)
         "idle_seconds": loop_seconds - busy,  # claiming, stealing, waiting at the end
-        "io_seconds": io,  # reading input rows, waiting to hand results to the writer
+        "io_seconds": io,  # reading input, writing outputs, waiting for a writer slot
         "write_seconds": writer.seconds if writer else 0.0,  # writer thread, overlapped
         "collective_seconds": grid.tp_group.seconds,
         "collective_calls": grid.tp_group.calls,

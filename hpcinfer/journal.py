@@ -3,7 +3,7 @@
 A run's partial folder (`<output>.partial/`) holds
 
     fingerprint.json          what job this partial run belongs to (written atomically first)
-    chunk-<index>.npz         finished chunks (hpcinfer.io.chunk_store: whole or absent)
+    chunk-<index>.bin         finished chunks (hpcinfer.io.chunk_store: whole or absent)
     journal-<writer>.log      one append-only file per writing rank and run, one line per
                               finished chunk:  {"chunk": i, "rows": r, "crc32": c}<TAB>crc
 

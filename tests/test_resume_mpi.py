@@ -134,7 +134,7 @@ def test_damaged_records_and_chunk_files_are_not_trusted(tmp_path, job, referenc
     lines[2] = lines[2].replace('"rows": 16', '"rows": 61')  # a flipped byte
     lines[-1] = lines[-1][: len(lines[-1]) // 2]  # a torn last line
     journal.write_text("".join(lines))
-    victim = sorted(partial.glob("chunk-*.npz"))[5]  # a damaged chunk file
+    victim = sorted(partial.glob("chunk-*.bin"))[5]  # a damaged chunk file
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))

@@ -135,7 +135,7 @@ def test_preemptible_script_requeues_and_resumes(tmp_path, mpirun_reference):
     wait_for(job_id, {"RUNNING"})
     partial = tmp_path / "pre.h5.partial"
     deadline = time.monotonic() + 60
-    while len(list(partial.glob("chunk-*.npz"))) < 10 and time.monotonic() < deadline:
+    while len(list(partial.glob("chunk-*.bin"))) < 10 and time.monotonic() < deadline:
         time.sleep(0.2)
     # The early warning, as --signal=B:USR1@... would send it: to the batch shell.
     subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True, timeout=10)

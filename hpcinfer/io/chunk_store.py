@@ -1,26 +1,36 @@
 """Per-chunk result files: the durable unit of finished work.
 
-Each finished chunk is written to `<dir>/chunk-<index>.npz` through a temporary file that
-is flushed, fsync'd and atomically renamed (and the folder fsync'd), so a chunk file
-either exists whole or not at all, whatever kills the process. No HDF5 file is open for
-writing while chunks are computed (HDF5 is not crash-safe); the final file is assembled
-from these at the end. `write` returns the file's CRC-32, which the journal records so
-that a resumed run can prove a chunk file is the one that was written.
+A chunk's outputs go into `<dir>/chunk-<index>.bin` batch by batch, as they are computed,
+so no rank ever holds a whole chunk of outputs: memory does not grow with chunk_size (nor
+with the chunks waiting to be made durable). The file is written under a temporary name,
+then flushed, fsync'd and atomically renamed (and the folder fsync'd), so it either
+exists whole or not at all, whatever kills the process. No HDF5 file is open for writing
+while chunks are computed (HDF5 is not crash-safe); the final file is assembled from these
+at the end. `commit` returns the file's CRC-32, which the journal records so that a
+resumed run can prove a chunk file is the one that was written.
+
+File layout: MAGIC, the header's length (uint64, little-endian), a JSON header
+{"rows": N, "arrays": [{"name", "dtype", "shape", "offset"}, ...]}, then each array's
+C-order bytes at its offset (64-byte aligned: `np.fromfile` or `np.memmap` read them).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
-import zipfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any
 
 import numpy as np
-from numpy.lib import format as npy_format
 
 from hpcinfer import faults
 from hpcinfer.errors import RunError
+
+MAGIC = b"HPCINFER-CHUNK-1"
+ALIGN = 64
 
 
 def fsync_dir(path: Path) -> None:
@@ -40,22 +50,131 @@ def file_crc32(path: Path, block: int = 2**20) -> int:
     return crc
 
 
-def write_npz(f: BinaryIO, arrays: dict[str, np.ndarray]) -> None:
-    """`np.savez` (uncompressed; `np.load` reads it) without its copies: each array's
-    bytes go from its own memory to the file, so writing a chunk holds nothing beyond it
-    (`np.savez` copies every array in 16 MiB pieces, and into a BytesIO, whole)."""
-    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:
-        for name, array in arrays.items():
-            array = np.asarray(array, order="C")
-            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
-                npy_format.write_array_header_2_0(
-                    member, npy_format.header_data_from_array_1_0(array)
+@dataclass(frozen=True)
+class ArraySlot:
+    """Where one output of a chunk lives in its file."""
+
+    dtype: np.dtype
+    shape: tuple[int, ...]  # (rows, *row_shape)
+    offset: int
+
+    @property
+    def row_bytes(self) -> int:
+        return math.prod(self.shape[1:]) * self.dtype.itemsize
+
+    @property
+    def nbytes(self) -> int:
+        return self.shape[0] * self.row_bytes
+
+
+def _align(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def chunk_layout(
+    rows: int, outputs: dict[str, tuple[tuple[int, ...], Any]]
+) -> tuple[bytes, dict[str, ArraySlot], int]:
+    """(bytes before the first array, where each array goes, the file's size)."""
+    entries = [(name, np.dtype(dtype), (rows, *shape)) for name, (shape, dtype) in outputs.items()]
+
+    def header(offsets: list[int]) -> bytes:
+        arrays = [
+            {"name": name, "dtype": dtype.str, "shape": list(shape), "offset": offset}
+            for (name, dtype, shape), offset in zip(entries, offsets, strict=True)
+        ]
+        text = json.dumps({"rows": rows, "arrays": arrays}).encode()
+        return MAGIC + len(text).to_bytes(8, "little") + text
+
+    # Offsets depend on the header's length, which depends on the offsets' digits: the
+    # header is sized with generous offsets first, then the real ones fit in that room.
+    room = _align(len(header([2**62] * len(entries))))
+    slots, offset = {}, room
+    for name, dtype, shape in entries:
+        slots[name] = ArraySlot(dtype, shape, offset)
+        offset = _align(offset + slots[name].nbytes)
+    end = max((s.offset + s.nbytes for s in slots.values()), default=room)
+    head = header([s.offset for s in slots.values()])
+    return head + bytes(room - len(head)), slots, end
+
+
+class ChunkFile:
+    """One chunk's file while its rows are computed: filled in row order, batch by batch,
+    then committed (durable, renamed into place) or discarded."""
+
+    def __init__(self, store: ChunkStore, index: int, rows: int, outputs: dict) -> None:
+        self.path = store.path(index)
+        self.durable = store.durable
+        self.rows = rows
+        self.rows_written = 0
+        self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        head, self._slots, size = chunk_layout(rows, outputs)
+        self._fd: int | None = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._pwrite(head, 0)
+        os.ftruncate(self._fd, size)
+
+    def write_rows(self, start: int, arrays: dict[str, Any]) -> None:
+        """Rows [start, start + n) of every output; batches come in row order."""
+        if start != self.rows_written or set(arrays) != set(self._slots):
+            raise RunError(
+                f"{self.path}: expected rows from {self.rows_written} of "
+                f"{sorted(self._slots)}, got rows from {start} of {sorted(arrays)}"
+            )
+        n = None
+        for name, values in arrays.items():
+            slot = self._slots[name]
+            values = np.ascontiguousarray(values, dtype=slot.dtype)
+            if (
+                values.ndim == 0
+                or values.shape[1:] != slot.shape[1:]
+                or n not in (None, len(values))
+            ):
+                raise RunError(
+                    f"{self.path}: output {name!r} has shape {values.shape}, expected "
+                    f"(rows, {', '.join(map(str, slot.shape[1:]))}) rows alike in every output"
                 )
-                data = memoryview(array.reshape(-1).view(np.uint8))
-                half = len(data) // 2
-                member.write(data[:half])
-                faults.at_point("write")  # tests kill the process here, mid-write
-                member.write(data[half:])
+            n = len(values)
+            if start + n > self.rows:
+                raise RunError(f"{self.path}: rows beyond the chunk's {self.rows}")
+            self._pwrite(values.reshape(-1).view(np.uint8), slot.offset + start * slot.row_bytes)
+        first = self.rows_written == 0
+        self.rows_written += n or 0
+        if first:
+            faults.at_point("write")  # tests kill the process here, mid-file
+
+    def write(self, arrays: dict[str, Any]) -> None:
+        """All of the chunk's rows at once."""
+        self.write_rows(0, arrays)
+
+    def commit(self) -> int:
+        """Make the file durable under its final name; returns its CRC-32."""
+        if self.rows_written != self.rows:
+            self.discard()
+            raise RunError(f"{self.path}: {self.rows_written} of {self.rows} rows written")
+        try:
+            if self.durable:
+                os.fsync(self._fd)
+        finally:
+            self._close()
+        os.replace(self._tmp, self.path)
+        if self.durable:
+            fsync_dir(self.path.parent)
+        return file_crc32(self.path)  # read back from the page cache: cheap, and no copy held
+
+    def discard(self) -> None:
+        """Forget a chunk that will not be finished (its temporary file is removed)."""
+        self._close()
+        self._tmp.unlink(missing_ok=True)
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _pwrite(self, data: Any, offset: int) -> None:
+        view = memoryview(data).cast("B")
+        while view:
+            written = os.pwrite(self._fd, view, offset)
+            view, offset = view[written:], offset + written
 
 
 class ChunkStore:
@@ -70,26 +189,41 @@ class ChunkStore:
         self.durable = durable
 
     def path(self, index: int) -> Path:
-        return self.folder / f"chunk-{index:08d}.npz"
+        return self.folder / f"chunk-{index:08d}.bin"
+
+    def create(self, index: int, rows: int, outputs: dict) -> ChunkFile:
+        """A new file for chunk `index`: `outputs` maps name -> (row shape, dtype)."""
+        return ChunkFile(self, index, rows, outputs)
 
     def write(self, index: int, arrays: dict[str, np.ndarray]) -> int:
-        """Write chunk `index` whole-or-absent; returns the CRC-32 of its bytes."""
-        path = self.path(index)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with tmp.open("wb") as f:
-            write_npz(f, arrays)
-            if self.durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-        if self.durable:
-            fsync_dir(self.folder)
-        return file_crc32(path)  # read back from the page cache: cheap, and no copy held
+        """Write whole arrays (leading axis = rows) as chunk `index`; returns its CRC-32."""
+        rows = len(next(iter(arrays.values())))
+        outputs = {name: (np.shape(a)[1:], np.asarray(a).dtype) for name, a in arrays.items()}
+        chunk = self.create(index, rows, outputs)
+        chunk.write(arrays)
+        return chunk.commit()
 
     def read(self, index: int) -> dict[str, np.ndarray]:
         path = self.path(index)
         try:
-            with np.load(path, allow_pickle=False) as npz:
-                return {name: npz[name] for name in npz.files}
-        except (OSError, ValueError, zipfile.BadZipFile) as e:
+            with path.open("rb") as f:
+                return _read_arrays(f, os.fstat(f.fileno()).st_size)
+        except (OSError, ValueError, KeyError, TypeError) as e:
             raise RunError(f"{path}: cannot read finished chunk: {e}") from None
+
+
+def _read_arrays(f, size: int) -> dict[str, np.ndarray]:
+    if f.read(len(MAGIC)) != MAGIC:
+        raise ValueError("not an hpcinfer chunk file")
+    header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    arrays = {}
+    for entry in header["arrays"]:
+        array = np.empty(tuple(entry["shape"]), dtype=np.dtype(entry["dtype"]))
+        f.seek(entry["offset"])
+        if (
+            entry["offset"] + array.nbytes > size
+            or f.readinto(memoryview(array.reshape(-1).view(np.uint8))) != array.nbytes
+        ):
+            raise ValueError(f"array {entry['name']!r} is cut short")
+        arrays[entry["name"]] = array
+    return arrays

@@ -1,12 +1,13 @@
 """Finished chunks made durable on a background thread, in order: file, then journal line.
 
 fsync waits for the disk; done inline it would stall the next chunk's compute (measured:
-~4 % of the MLP benchmark's makespan). Here the compute thread hands each finished chunk
-over and goes on; the writer thread writes the chunk file durably and only then appends
-its journal line. A chunk is done only once its line is fsync'd, so a crash loses at most
-the chunks still queued, which a rerun computes again. The queue is short (memory stays
-bounded: at most `depth` chunk results wait), and an error on the writer thread is raised
-on the compute thread at the next hand-over or at close.
+~4 % of the MLP benchmark's makespan). The compute thread writes a chunk's rows into its
+file as they are computed (into the page cache: cheap) and hands the finished file over;
+the writer thread makes it durable (fsync, rename) and only then appends its journal
+line. A chunk is done only once its line is fsync'd, so a crash loses at most the chunks
+still queued, which a rerun computes again. The queue holds files, not results, so it
+costs no memory; an error on the writer thread is raised on the compute thread at the
+next hand-over or at close.
 """
 
 from __future__ import annotations
@@ -15,24 +16,22 @@ import queue
 import threading
 import time
 
-import numpy as np
-
-from hpcinfer.io.chunk_store import ChunkStore
+from hpcinfer.io.chunk_store import ChunkFile
 
 
 class ChunkWriter:
-    def __init__(self, store: ChunkStore, journal=None, depth: int = 2):
-        self.store, self.journal = store, journal
-        self.seconds = 0.0  # time the writer thread spent writing (overlapped with compute)
+    def __init__(self, journal=None, depth: int = 2):
+        self.journal = journal
+        self.seconds = 0.0  # time the writer thread spent committing (overlapped)
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="chunk-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, index: int, rows: int, result: dict[str, np.ndarray], **facts) -> None:
-        """Queue chunk `index` for writing (blocks while `depth` chunks are waiting)."""
+    def submit(self, index: int, rows: int, chunk: ChunkFile, **facts) -> None:
+        """Queue chunk `index`'s filled file for commit (blocks while `depth` wait)."""
         self._raise_if_failed()
-        self._queue.put((index, rows, result, facts))
+        self._queue.put((index, rows, chunk, facts))
 
     def close(self) -> None:
         """Wait until every queued chunk is durable and recorded."""
@@ -44,17 +43,17 @@ class ChunkWriter:
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
+            index, rows, chunk, facts = item
             if self._error is not None:
-                continue  # drain: the compute thread will raise
-            index, rows, result, facts = item
+                chunk.discard()  # drain: the compute thread will raise
+                continue
             t0 = time.perf_counter()
             try:
-                crc = self.store.write(index, result)
+                crc = chunk.commit()
                 if self.journal is not None:
                     self.journal.record(index, rows, crc, **facts)
             except BaseException as e:  # handed to the compute thread
                 self._error = e
-            del item, result  # written: free it now, not when the next chunk arrives
             self.seconds += time.perf_counter() - t0
 
     def _raise_if_failed(self) -> None:
