@@ -33,7 +33,9 @@ def print_dry_run(plan: Plan, rt: Runtime) -> None:
         for shape, dt in plan.model.outputs.values()
     )
     row_bytes = 0  # texts: token ids, small next to the activations
+    results_rows = job.run.chunk_size  # texts: a chunk's outputs are written at its end
     if not plan.reader.items:
+        results_rows = job.run.batch_size  # rows: each batch's outputs are written at once
         row_bytes = np.prod(plan.reader.row_shape, dtype=np.int64) * plan.reader.dtype.itemsize
     batch = job.run.batch_size
     identity = job_identity(job, plan.reader)
@@ -69,8 +71,8 @@ def print_dry_run(plan: Plan, rt: Runtime) -> None:
         f"group: {blocks if len(blocks) <= 16 else f'{min(blocks)} to {max(blocks)}'} chunks\n"
         f"  memory  per rank ~ weights {human_bytes(max(weights))} + activations "
         f"{human_bytes(plan.model.activation_bytes(batch))} + input batch "
-        f"{human_bytes(batch * row_bytes) if row_bytes else 'small'} + chunk results "
-        f"{human_bytes(job.run.chunk_size * out_bytes)}\n"
+        f"{human_bytes(batch * row_bytes) if row_bytes else 'small'} + results held "
+        f"{human_bytes(results_rows * out_bytes)}\n"
         f"  resume  {resume}",
         flush=True,
     )

@@ -19,6 +19,12 @@ ARRAYS = {
 OUTPUTS = {name: (a.shape[1:], a.dtype) for name, a in ARRAYS.items()}
 
 
+def write_whole(store, index, arrays):
+    chunk = store.create(index, 5, OUTPUTS)
+    chunk.write(arrays)
+    return chunk.commit()
+
+
 def assert_same(loaded, arrays):
     assert sorted(loaded) == sorted(arrays)
     for name, want in arrays.items():
@@ -31,7 +37,7 @@ def assert_same(loaded, arrays):
 @pytest.mark.parametrize("durable", [True, False])
 def test_store_write_read_and_crc(tmp_path, durable):
     store = ChunkStore(tmp_path, durable=durable)
-    crc = store.write(7, ARRAYS)
+    crc = write_whole(store, 7, ARRAYS)
     assert crc == file_crc32(store.path(7))
     assert_same(store.read(7), ARRAYS)
     assert [p.name for p in tmp_path.iterdir()] == [store.path(7).name]  # no temp left
@@ -88,7 +94,7 @@ def test_wrong_rows_are_refused(tmp_path, start, arrays, message):
 @pytest.mark.parametrize("damage", ["truncate", "magic", "header"])
 def test_a_damaged_chunk_file_is_a_clear_error(tmp_path, damage):
     store = ChunkStore(tmp_path)
-    store.write(2, ARRAYS)
+    write_whole(store, 2, ARRAYS)
     path = store.path(2)
     data = bytearray(path.read_bytes())
     if damage == "truncate":

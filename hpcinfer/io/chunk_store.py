@@ -195,14 +195,6 @@ class ChunkStore:
         """A new file for chunk `index`: `outputs` maps name -> (row shape, dtype)."""
         return ChunkFile(self, index, rows, outputs)
 
-    def write(self, index: int, arrays: dict[str, np.ndarray]) -> int:
-        """Write whole arrays (leading axis = rows) as chunk `index`; returns its CRC-32."""
-        rows = len(next(iter(arrays.values())))
-        outputs = {name: (np.shape(a)[1:], np.asarray(a).dtype) for name, a in arrays.items()}
-        chunk = self.create(index, rows, outputs)
-        chunk.write(arrays)
-        return chunk.commit()
-
     def read(self, index: int) -> dict[str, np.ndarray]:
         path = self.path(index)
         try:
