@@ -106,3 +106,17 @@ def test_a_damaged_chunk_file_is_a_clear_error(tmp_path, damage):
     path.write_bytes(bytes(data))
     with pytest.raises(RunError, match=f"{path.name}: cannot read finished chunk"):
         store.read(2)
+
+
+@pytest.mark.parametrize("limit", [100, 2**20])  # the header cannot be written; the size
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path, limit):
+    resource = pytest.importorskip("resource")
+    store = ChunkStore(tmp_path)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))  # writes past it fail: EFBIG
+    try:
+        with pytest.raises(RunError, match=r"chunk-00000004\.bin.*: cannot create chunk file"):
+            store.create(4, 2**18, {"y": ((4,), np.dtype("float32"))})  # 4 MiB
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert list(tmp_path.iterdir()) == []

@@ -20,6 +20,8 @@ import json
 import math
 import os
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,9 +110,11 @@ class ChunkFile:
         self.rows_written = 0
         self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         head, self._slots, size = chunk_layout(rows, outputs)
-        self._fd: int | None = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        self._pwrite(head, 0)
-        os.ftruncate(self._fd, size)
+        self._fd: int | None = None
+        with self._disk("create"):
+            self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            self._pwrite(head, 0)
+            os.ftruncate(self._fd, size)
 
     def write_rows(self, start: int, arrays: dict[str, Any]) -> None:
         """Rows [start, start + n) of every output; batches come in row order."""
@@ -135,7 +139,10 @@ class ChunkFile:
             n = len(values)
             if start + n > self.rows:
                 raise RunError(f"{self.path}: rows beyond the chunk's {self.rows}")
-            self._pwrite(values.reshape(-1).view(np.uint8), slot.offset + start * slot.row_bytes)
+            with self._disk("write"):
+                self._pwrite(
+                    values.reshape(-1).view(np.uint8), slot.offset + start * slot.row_bytes
+                )
         first = self.rows_written == 0
         self.rows_written += n or 0
         if first:
@@ -150,20 +157,30 @@ class ChunkFile:
         if self.rows_written != self.rows:
             self.discard()
             raise RunError(f"{self.path}: {self.rows_written} of {self.rows} rows written")
-        try:
+        with self._disk("commit"):
+            try:
+                if self.durable:
+                    os.fsync(self._fd)
+            finally:
+                self._close()
+            os.replace(self._tmp, self.path)
             if self.durable:
-                os.fsync(self._fd)
-        finally:
-            self._close()
-        os.replace(self._tmp, self.path)
-        if self.durable:
-            fsync_dir(self.path.parent)
-        return file_crc32(self.path)  # read back from the page cache: cheap, and no copy held
+                fsync_dir(self.path.parent)
+            return file_crc32(self.path)  # read back from the page cache: no copy held
 
     def discard(self) -> None:
         """Forget a chunk that will not be finished (its temporary file is removed)."""
         self._close()
         self._tmp.unlink(missing_ok=True)
+
+    @contextmanager
+    def _disk(self, doing: str) -> Iterator[None]:
+        """A failing disk (full, quota, file size limit) as one line naming the file."""
+        try:
+            yield
+        except OSError as e:
+            self.discard()
+            raise RunError(f"{self._tmp}: cannot {doing} chunk file: {e.strerror or e}") from None
 
     def _close(self) -> None:
         if self._fd is not None:
