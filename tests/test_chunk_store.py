@@ -3,6 +3,8 @@ the CRC the store returns is the file's; unfinished or damaged files never pass 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -91,7 +93,7 @@ def test_wrong_rows_are_refused(tmp_path, start, arrays, message):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("damage", ["truncate", "magic", "header"])
+@pytest.mark.parametrize("damage", ["truncate", "magic", "header", "huge shape"])
 def test_a_damaged_chunk_file_is_a_clear_error(tmp_path, damage):
     store = ChunkStore(tmp_path)
     write_whole(store, 2, ARRAYS)
@@ -101,8 +103,14 @@ def test_a_damaged_chunk_file_is_a_clear_error(tmp_path, damage):
         data = data[:-8]
     elif damage == "magic":
         data[0] ^= 0xFF
-    else:
+    elif damage == "header":
         data[24] = ord("}")  # the JSON header no longer parses
+    else:  # a header that parses but claims 2**40 rows: refused before allocating them
+        length = int.from_bytes(data[16:24], "little")
+        header = json.loads(data[24 : 24 + length])
+        header["arrays"][0]["shape"][0] = 2**40
+        text = json.dumps(header).encode()
+        data[16 : 24 + length] = len(text).to_bytes(8, "little") + text
     path.write_bytes(bytes(data))
     with pytest.raises(RunError, match=f"{path.name}: cannot read finished chunk"):
         store.read(2)

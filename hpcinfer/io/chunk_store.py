@@ -227,12 +227,13 @@ def _read_arrays(f, size: int) -> dict[str, np.ndarray]:
     header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
     arrays = {}
     for entry in header["arrays"]:
-        array = np.empty(tuple(entry["shape"]), dtype=np.dtype(entry["dtype"]))
-        f.seek(entry["offset"])
-        if (
-            entry["offset"] + array.nbytes > size
-            or f.readinto(memoryview(array.reshape(-1).view(np.uint8))) != array.nbytes
-        ):
+        dtype, shape, offset = np.dtype(entry["dtype"]), tuple(entry["shape"]), entry["offset"]
+        nbytes = math.prod(shape) * dtype.itemsize  # checked before any memory is taken
+        if offset + nbytes > size:
+            raise ValueError(f"array {entry['name']!r} is cut short")
+        array = np.empty(shape, dtype=dtype)
+        f.seek(offset)
+        if f.readinto(memoryview(array.reshape(-1).view(np.uint8))) != nbytes:
             raise ValueError(f"array {entry['name']!r} is cut short")
         arrays[entry["name"]] = array
     return arrays
