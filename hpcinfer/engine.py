@@ -298,8 +298,6 @@ def run_job(job: Job, rt: Runtime, options: RunOptions = RunOptions()) -> int:
             stolen = position in claims.stats.stolen
             entry = (chunk.index, grid.dp_rank, start, time.time() - epoch, stolen, False)
             writer.submit(
-                chunk.index,
-                chunk.rows,
                 sink,
                 dp=grid.dp_rank,
                 start=entry[2],

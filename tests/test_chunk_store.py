@@ -116,15 +116,23 @@ def test_a_damaged_chunk_file_is_a_clear_error(tmp_path, damage):
         store.read(2)
 
 
-@pytest.mark.parametrize("limit", [100, 2**20])  # the header cannot be written; the size
-def test_a_full_disk_is_one_line_naming_the_file(tmp_path, limit):
+@pytest.mark.parametrize(
+    "limit, fails_at",
+    [(100, "create"), (2**20, "create"), (2**20, "write")],  # header; sizing; rows past 1 MiB
+)
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path, limit, fails_at):
     resource = pytest.importorskip("resource")
     store = ChunkStore(tmp_path)
+    outputs = {"y": ((4,), np.dtype("float32"))}  # 2**18 rows: 4 MiB
+    chunk = store.create(4, 2**18, outputs) if fails_at == "write" else None
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))  # writes past it fail: EFBIG
     try:
-        with pytest.raises(RunError, match=r"chunk-00000004\.bin.*: cannot create chunk file"):
-            store.create(4, 2**18, {"y": ((4,), np.dtype("float32"))})  # 4 MiB
+        with pytest.raises(RunError, match=rf"chunk-00000004\.bin.*: cannot {fails_at} chunk file"):
+            if chunk is None:
+                store.create(4, 2**18, outputs)
+            else:
+                chunk.write({"y": np.ones((2**18, 4), np.float32)})
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert list(tmp_path.iterdir()) == []

@@ -104,7 +104,7 @@ class ChunkFile:
     then committed (durable, renamed into place) or discarded."""
 
     def __init__(self, store: ChunkStore, index: int, rows: int, outputs: dict) -> None:
-        self.path = store.path(index)
+        self.index, self.path = index, store.path(index)
         self.durable = store.durable
         self.rows = rows
         self.rows_written = 0

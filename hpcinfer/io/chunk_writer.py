@@ -28,10 +28,10 @@ class ChunkWriter:
         self._thread = threading.Thread(target=self._run, name="chunk-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, index: int, rows: int, chunk: ChunkFile, **facts) -> None:
-        """Queue chunk `index`'s filled file for commit (blocks while `depth` wait)."""
+    def submit(self, chunk: ChunkFile, **facts) -> None:
+        """Queue a filled chunk file for commit (blocks while `depth` wait)."""
         self._raise_if_failed()
-        self._queue.put((index, rows, chunk, facts))
+        self._queue.put((chunk, facts))
 
     def close(self) -> None:
         """Wait until every queued chunk is durable and recorded."""
@@ -43,7 +43,7 @@ class ChunkWriter:
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
-            index, rows, chunk, facts = item
+            chunk, facts = item
             if self._error is not None:
                 chunk.discard()  # drain: the compute thread will raise
                 continue
@@ -51,7 +51,7 @@ class ChunkWriter:
             try:
                 crc = chunk.commit()
                 if self.journal is not None:
-                    self.journal.record(index, rows, crc, **facts)
+                    self.journal.record(chunk.index, chunk.rows, crc, **facts)
             except BaseException as e:  # handed to the compute thread
                 self._error = e
             self.seconds += time.perf_counter() - t0

@@ -40,7 +40,6 @@ from hpcinfer.models.transformer import (
     load_tokenizer,
     split_heads,
     stack_layers,
-    tree_leaves,
 )
 from hpcinfer.parallel import column_linear, row_linear, shard_range
 
@@ -228,7 +227,6 @@ class BertEmbedder(TextModel):
         self.tokenizer = load_tokenizer(folder, self.cfg.max_length)
         self.vocab_size = int(config.get("vocab_size", self.tokenizer.get_vocab_size()))
         host = read_bert_shard(folder, self.cfg, dtype, tp_rank, tp.size)
-        self.weight_bytes = sum(a.nbytes for a in tree_leaves(host))
         self.outputs = {"embeddings": ((self.cfg.hidden,), np.dtype("float32"))}
         self.bind(backend, dtype, tp, host, partial(bert_forward, cfg=self.cfg))
 

@@ -45,7 +45,6 @@ from hpcinfer.models.transformer import (
     load_tokenizer,
     split_heads,
     stack_layers,
-    tree_leaves,
 )
 from hpcinfer.parallel import column_linear, matmul, reduce_from_tp_region, row_linear, shard_range
 
@@ -255,7 +254,6 @@ class Gpt2Scorer(TextModel):
             raise JobError(f"{where}: run.tp = {tp.size} is larger than the vocabulary")
         self.tokenizer = load_tokenizer(folder, self.cfg.positions)
         host, vocab_start = read_gpt2_shard(folder, self.cfg, dtype, tp_rank, tp.size)
-        self.weight_bytes = sum(a.nbytes for a in tree_leaves(host))
         self.outputs = {
             "logprob": ((), np.dtype("float64")),
             "num_tokens": ((), np.dtype("int64")),

@@ -151,6 +151,7 @@ class TextModel:
     def bind(self, backend: Any, dtype: str, tp: Any, host: dict, forward: Any) -> None:
         """`forward(params, ids, mask, *, xp, erf, scan, tp)`: the model's pure forward."""
         self.backend, self.dtype, self.tp_size = backend, np.dtype(dtype), tp.size
+        self.weight_bytes = sum(a.nbytes for a in tree_leaves(host))  # this rank's share
         self.params = tree_map(backend.asarray, host)
         self.compiled = tp.traceable and backend.name == "jax"
         self.token_counts = TokenCounts()
