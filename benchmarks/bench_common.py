@@ -79,7 +79,10 @@ def run_hpcinfer(
         *args,
     ]
     launched = time.time()
-    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    env = {**os.environ, **(env or {})}
+    if env.get("HPCINFER_FAULT"):  # injected costs and kills: honoured only with the switch
+        env["HPCINFER_TESTING"] = "1"
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if check and p.returncode != 0:
         raise RuntimeError(f"hpcinfer failed ({p.returncode}): {p.stderr.strip()[-2000:]}")
     attrs = outputs = None

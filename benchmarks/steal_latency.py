@@ -3,7 +3,7 @@
     mpiexec -n 2 python benchmarks/steal_latency.py
 
 Rank 0 (the thief) times steal attempts (an atomic read of the victim's packed range,
-then a compare-and-swap on it, each flushed: exactly what hpcinfer.balance does) against
+then a compare-and-swap on it, each flushed: exactly what hpcinfer.schedule.balance does) against
 rank 1's word while rank 1 is
   sleeping      outside MPI, idle
   computing     outside MPI, in numpy GEMMs (the passive-target progress trap: an MPI
@@ -21,8 +21,8 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from hpcinfer.balance import pack, unpack
-from hpcinfer.comm import AtomicWords
+from hpcinfer.parallel.comm import AtomicWords
+from hpcinfer.schedule.balance import pack, unpack
 
 ATTEMPTS = 2000
 PHASE_SECONDS = 3.0

@@ -2,7 +2,7 @@
 
     python benchmarks/steal_simulation.py [--latency-us 4] [--chunk-ms 12.5] [--chunks-per-group 32]
 
-The model is hpcinfer.balance's policy, event by event:
+The model is hpcinfer.schedule.balance's policy, event by event:
   - N = groups x chunks-per-group chunks; group g starts with the g-th contiguous block.
   - Chunk i costs chunk-ms, ten times that for the first half of the chunks (the skewed
     workload of benchmarks/balance.py: the static split puts all heavy chunks on the
@@ -13,7 +13,7 @@ The model is hpcinfer.balance's policy, event by event:
     empty victims probed before a non-empty one is drawn from the random order (the
     state is then re-checked at the moment the probe lands, as an atomic would see it).
   - A group probes at most MAX_PROBES (64) victims (all others, on fewer groups) before
-    it stops, as hpcinfer.balance does; the run ends when the last group stops.
+    it stops, as hpcinfer.schedule.balance does; the run ends when the last group stops.
 Predicted efficiency = total chunk work / (groups x makespan).
 
 Assumptions, stated: latency-us defaults to 4 us, measured on this machine between two
@@ -31,7 +31,7 @@ import argparse
 import heapq
 import random
 
-from hpcinfer.balance import MAX_PROBES
+from hpcinfer.schedule.balance import MAX_PROBES
 
 
 class NonEmpty:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bench_common import ROOT, WORK, run_hpcinfer, wide_mlp_job
 
-from hpcinfer.comm import TP_COMMS
+from hpcinfer.parallel.comm import TP_COMMS
 
 
 def run(job: Path, ranks: int, tp: int, backend: str, extra: list[str] = ()) -> dict:

@@ -7,6 +7,7 @@ python -m hpcinfer run jobs/digits-mlp.toml --backend jax --set run.batch_size=5
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from hpcinfer import __version__
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
 def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from hpcinfer.report import main as report_main
+    from hpcinfer.tools.report import main as report_main
 
     try:
         return report_main(Path(args.target), Path(args.png) if args.png else None, args.overrides)
@@ -195,7 +196,7 @@ def _report(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from hpcinfer.inspect_model import inspect_model
+    from hpcinfer.tools.inspect import inspect_model
 
     try:
         print(inspect_model(Path(args.model), args.tp, args.ranks, args.mem_per_rank, args.dtype))
@@ -207,7 +208,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from hpcinfer.job import load_job
-    from hpcinfer.status import main as status_main
+    from hpcinfer.tools.status import main as status_main
 
     try:
         job = load_job(args.job, args.overrides)
@@ -220,7 +221,8 @@ def _status(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     # Parse the job before MPI and numpy: it decides the threads per rank.
     from hpcinfer.job import load_job
-    from hpcinfer.runtime import agree, run_or_abort, start
+    from hpcinfer.parallel.runtime import agree, run_or_abort, start
+    from hpcinfer.schedule import stop
 
     overrides = list(args.overrides)
     if args.backend:
@@ -235,13 +237,19 @@ def _run(args: argparse.Namespace) -> int:
     except JobError as e:
         error = e
     rt = start(job.run.threads if job else 0)
+    stop.install()  # after MPI is up (its start-up must not replace our handlers)
     try:
         agree(rt, error)
     except SystemExit as e:
         return int(e.code)
 
-    from hpcinfer.engine import RunOptions, run_job
+    from hpcinfer.engine import Hooks, RunOptions, run_job
 
+    hooks = Hooks()
+    if os.environ.get("HPCINFER_TESTING") == "1":  # fault injection: tests only
+        from hpcinfer.testing.faults import hooks_from_env
+
+        hooks = hooks_from_env()
     options = RunOptions(
         restart=args.restart,
         dry_run=args.dry_run,
@@ -249,7 +257,7 @@ def _run(args: argparse.Namespace) -> int:
         progress_interval=args.progress_interval,
     )
     try:
-        return run_or_abort(rt, lambda: run_job(job, rt, options))
+        return run_or_abort(rt, lambda: run_job(job, rt, options, hooks))
     except SystemExit as e:
         return int(e.code)
 

@@ -1,12 +1,13 @@
-"""The SPMD loop: every rank runs this; MPI is the only coordination.
+"""The SPMD run: every rank runs `run_job`; MPI is the only coordination.
 
-grid (DP x TP) and plan, validated on every rank and agreed
-  -> claim chunks (own block first; steal when it runs dry, hpcinfer.balance)
-  -> per chunk: read rows, predict in batches (the TP group computes together),
-     the group's leader writes the chunk file durably
-  -> closing barrier: every chunk is done somewhere
-  -> rank 0 checks every chunk is there and assembles the final HDF5 file
-  -> every rank exits 0 only once that file exists.
+plan      the job validated on every rank (grid, model shard, input), agreed   plan.py
+start     rank 0 decides fresh / resume / complete / refused; all ranks learn it
+compute   claim chunks (own block first, then steal); per chunk read rows, predict
+          in batches (the TP group together), the group's leader streams outputs
+          into the chunk file; a writer thread makes it durable, then journals it
+gather    every rank's chunk log and metrics, to rank 0
+finish    rank 0 checks every chunk is there exactly once, assembles the output
+          file and reports; or, stopped by a signal, says how to resume
 """
 
 from __future__ import annotations
@@ -15,36 +16,29 @@ import resource
 import shutil
 import sys
 import time
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from hpcinfer import __version__, faults, stop
-from hpcinfer.balance import GroupClaims
-from hpcinfer.dry_run import print_dry_run
+from hpcinfer.checkpoint.assemble import assemble_output
+from hpcinfer.checkpoint.chunk_files import ChunkFile, ChunkStore
+from hpcinfer.checkpoint.identity import job_identity
+from hpcinfer.checkpoint.journal import ChunkRecord, ChunkRun, JournalWriter, Progress
+from hpcinfer.checkpoint.state import ResumeState, Start, resume_state, start_partial_run
+from hpcinfer.checkpoint.writer import ChunkWriter
 from hpcinfer.errors import BadRow, JobError, RunError
-from hpcinfer.grid import Grid, check_tp
-from hpcinfer.io.chunk_store import ChunkFile, ChunkStore
-from hpcinfer.io.chunk_writer import ChunkWriter
 from hpcinfer.io.inputs import Reader
-from hpcinfer.io.output import assemble_output, output_fingerprint
 from hpcinfer.job import Job
-from hpcinfer.journal import (
-    JournalWriter,
-    Progress,
-    check_partial_run,
-    fingerprint,
-    job_identity,
-    read_progress,
-    start_partial_run,
-)
-from hpcinfer.models import Model
-from hpcinfer.plan import Plan, make_plan
-from hpcinfer.progress import LiveProgress
-from hpcinfer.runtime import Runtime, agree
-from hpcinfer.schedule import Chunk
+from hpcinfer.models import InputKind, Model
+from hpcinfer.parallel.runtime import Runtime, agree
+from hpcinfer.plan import Plan, validated_plan
+from hpcinfer.schedule import stop
+from hpcinfer.schedule.balance import GroupClaims
+from hpcinfer.schedule.chunks import Chunk
+from hpcinfer.tools.dry_run import print_dry_run
+from hpcinfer.tools.progress import LiveProgress
+from hpcinfer.tools.run_attrs import output_attrs
 
 # One record per chunk, written to the output's run/chunks dataset. Times are seconds
 # since the start of the run that computed the chunk; `resumed` marks an earlier run's.
@@ -60,39 +54,222 @@ CHUNK_LOG_DTYPE = np.dtype(
 )
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run, as opposed to what (the job): never changes the output."""
+
+    restart: bool = False  # discard a partial run of this job
+    dry_run: bool = False  # validate and print the plan, compute nothing
+    quiet: bool = False  # no live progress
+    progress_interval: float = 30.0  # seconds between progress lines off a terminal
 
 
-def predict_chunk(
-    model: Model, reader: Reader, chunk: Chunk, batch_size: int, sink: ChunkFile | None
+class Hooks:
+    """Seams where tests inject faults (hpcinfer.testing.faults); no-ops in a real run."""
+
+    def before_chunk(self, rank: int, chunks_done: int, chunk: Chunk, n_rows: int) -> None:
+        """Before each chunk a rank computes (`chunks_done` by it so far)."""
+
+    def chunk_file_started(self) -> None:
+        """After the first rows of a chunk file are written, before it is committed."""
+
+
+NO_HOOKS = Hooks()
+
+
+@dataclass(frozen=True)
+class RankWork:
+    """What one rank did in the compute step, for rank 0's log and report."""
+
+    log: list[tuple[int, ChunkRun]]  # chunks this rank's group finished (leaders only)
+    metrics: dict[str, Any]
+    epoch: float  # the loop's start (Unix time): chunk times are seconds after it
+
+
+def run_job(
+    job: Job, rt: Runtime, options: RunOptions = RunOptions(), hooks: Hooks = NO_HOOKS
+) -> int:
+    """Run (or resume) `job` on every rank of `rt`.
+
+    Returns 0 once the complete output file exists, or stop.EXIT_STOPPED when a stop
+    signal ended the run early with its progress durable.
+    """
+    t0 = time.perf_counter()
+    plan = validated_plan(job, rt)
+    if options.dry_run:
+        print_dry_run(plan, rt)
+        return 0
+    state, identity = agreed_start(plan, rt, options.restart)
+    if state.start is Start.COMPLETE:
+        return 0
+    assert state.progress is not None  # FRESH and RESUME carry progress (maybe empty)
+    work = compute_pending(plan, rt, state.progress, options, hooks, t0)
+    everyone = rt.comm.gather(work, root=0)
+    complete = True
+    if rt.rank == 0:
+        complete = finish(plan, rt, state.progress, everyone, identity, t0)
+    return 0 if rt.comm.bcast(complete, root=0) else stop.EXIT_STOPPED
+
+
+# -- start ---------------------------------------------------------------------------
+
+
+def agreed_start(plan: Plan, rt: Runtime, restart: bool) -> tuple[ResumeState, dict]:
+    """Rank 0 decides where the job starts; every rank learns it (collective).
+
+    A partial run of another job is a JobError (exit 2, all ranks) unless `restart`.
+    """
+    error, decided = None, None
+    if rt.rank == 0:
+        try:
+            decided = decide_start(plan, restart)
+        except JobError as e:
+            error = e
+    agree(rt, error)
+    return rt.comm.bcast(decided, root=0)
+
+
+def decide_start(plan: Plan, restart: bool) -> tuple[ResumeState, dict]:
+    """Fresh (a new partial folder), resume (its trusted progress) or already complete."""
+    identity = job_identity(plan.job, plan.reader)
+    folder, out = plan.partial_dir, plan.job.output.path
+    if restart:
+        shutil.rmtree(folder, ignore_errors=True)
+    state = resume_state(out, identity, len(plan.chunks))
+    if state.start is Start.UNREADABLE:  # died before its fingerprint: nothing to trust
+        shutil.rmtree(folder)
+        state = resume_state(out, identity, len(plan.chunks))
+    if state.start is Start.COMPLETE and restart:
+        state = ResumeState(Start.FRESH)
+    if state.start is Start.FOREIGN:
+        raise JobError(
+            f"{folder}: a partial run of a different job is here ({', '.join(state.differs)} "
+            f"differ); rerun with --restart to discard it (job: {plan.job.source})"
+        )
+    if state.start is Start.COMPLETE:
+        print(
+            f"hpcinfer: {out} is already complete for this job; nothing to do "
+            "(--restart computes it again)",
+            flush=True,
+        )
+    elif state.start is Start.FRESH:
+        start_partial_run(folder, identity, len(plan.chunks), plan.n_rows)
+        state = ResumeState(Start.FRESH, Progress({}, ()))
+    else:
+        announce_resume(state.progress, plan)
+    return state, identity
+
+
+def announce_resume(progress: Progress, plan: Plan) -> None:
+    print(
+        f"hpcinfer: resuming: {len(progress.done)} of {len(plan.chunks)} chunks already "
+        f"done ({progress.rows:,} of {plan.n_rows:,} rows)",
+        flush=True,
+    )
+    for reason in progress.rejected[:5]:
+        print(f"hpcinfer: not trusted, will be computed again: {reason}", flush=True)
+    if len(progress.rejected) > 5:
+        print(f"hpcinfer: ... and {len(progress.rejected) - 5} more records not trusted")
+
+
+# -- compute -------------------------------------------------------------------------
+
+
+@dataclass
+class Timers:
+    """Seconds a rank spent, by what it was doing (see rank_metrics)."""
+
+    busy: float = 0.0
+    io: float = 0.0
+    log: list[tuple[int, ChunkRun]] = field(default_factory=list)
+
+
+def compute_pending(
+    plan: Plan, rt: Runtime, before: Progress, options: RunOptions, hooks: Hooks, t0: float
+) -> RankWork:
+    """Claim and compute chunks until none is left (or a stop signal); collective."""
+    grid, run = plan.grid, plan.job.run
+    pending = [i for i in range(len(plan.chunks)) if i not in before.done]
+    rss_after_load, load_seconds = peak_rss_mb(), time.perf_counter() - t0
+    store = ChunkStore(plan.partial_dir, durable=run.checkpoint)
+    writer = None  # only a TP group's leader writes its group's results
+    if grid.is_leader:
+        writer = ChunkWriter(JournalWriter(plan.partial_dir, rt.rank) if run.checkpoint else None)
+    claims = GroupClaims(grid, len(pending), run.balance, should_stop=stop.requested)
+    progress = LiveProgress(
+        rt.comm, plan.n_rows, before.rows, options.progress_interval, options.quiet
+    )
+    rt.comm.Barrier()
+    epoch = rt.comm.bcast(time.time(), root=0)  # chunk log times are seconds since this
+    t_loop, timers = time.perf_counter(), Timers()
+    for done, position in enumerate(claims):
+        chunk = plan.chunks[pending[position]]
+        t_chunk, start = time.perf_counter(), time.time() - epoch
+        hooks.before_chunk(rt.rank, done, chunk, plan.n_rows)
+        sink = None if writer is None else store.create(chunk.index, chunk.rows, plan.model.outputs)
+        timers.io += compute_chunk(plan.model, plan.reader, chunk, run.batch_size, sink, hooks)
+        if writer is not None:
+            t_write = time.perf_counter()
+            finished = ChunkRun(
+                grid.dp_rank, start, time.time() - epoch, position in claims.stats.stolen
+            )
+            writer.submit(sink, finished)
+            timers.io += time.perf_counter() - t_write  # only the wait for a free queue slot
+            timers.log.append((chunk.index, finished))
+            progress.add(chunk.rows)
+        timers.busy += time.perf_counter() - t_chunk
+    plan.reader.close()
+    if writer is not None:
+        writer.close()  # every chunk of this rank durable and journalled
+    claims.close()
+    progress.close()
+    rt.comm.Barrier()  # every claimed chunk is done and recorded
+    loop_seconds = time.perf_counter() - t_loop
+    metrics = rank_metrics(plan, rt, timers, claims, writer, loop_seconds, load_seconds)
+    return RankWork(timers.log, metrics | {"peak_rss_mb_after_load": rss_after_load}, epoch)
+
+
+def compute_chunk(
+    model: Model,
+    reader: Reader,
+    chunk: Chunk,
+    batch_size: int,
+    sink: ChunkFile | None,
+    hooks: Hooks = NO_HOOKS,
 ) -> float:
     """Compute the chunk's rows `batch_size` at a time, each batch's outputs written into
     `sink` as soon as they exist (None: a TP rank that computes but does not write).
-
-    Returns the seconds spent reading input and writing outputs.
+    A failure discards the unfinished file. Returns the seconds spent reading input and
+    writing outputs.
     """
     io = Stopwatch()
-    if model.row_shape is None:  # texts or token ids: the model batches them by length
-        with io:
-            items = reader.read(chunk.start, chunk.stop)
-        try:
-            result = model.predict_items(items, batch_size)
-        except BadRow as e:
-            raise JobError(f"{reader.where(chunk.start + e.index)}: {e.message}") from None
-        if sink is not None:
+    try:
+        if model.input_kind is InputKind.ITEMS:  # the model batches them by length
             with io:
-                sink.write(result)
-        return io.seconds
-    for b0 in range(0, chunk.rows, batch_size):
-        with io:
-            rows = reader.read(chunk.start + b0, chunk.start + min(b0 + batch_size, chunk.rows))
-        outputs = model.predict(rows)
-        if sink is not None:
+                items = reader.read(chunk.start, chunk.stop)
+            try:
+                result = model.predict_items(items, batch_size)
+            except BadRow as e:
+                raise JobError(f"{reader.where(chunk.start + e.index)}: {e.message}") from None
+            if sink is not None:
+                with io:
+                    sink.write_rows(0, result)
+                hooks.chunk_file_started()
+            return io.seconds
+        for b0 in range(0, chunk.rows, batch_size):
             with io:
-                sink.write_rows(b0, outputs)
-        del rows, outputs  # written: the next batch's peak must not include them
+                rows = reader.read(chunk.start + b0, chunk.start + min(b0 + batch_size, chunk.rows))
+            outputs = model.predict(rows)
+            if sink is not None:
+                with io:
+                    sink.write_rows(b0, outputs)
+                if b0 == 0:
+                    hooks.chunk_file_started()
+            del rows, outputs  # written: the next batch's peak must not include them
+    except BaseException:
+        if sink is not None:
+            sink.discard()
+        raise
     return io.seconds
 
 
@@ -105,228 +282,35 @@ class Stopwatch:
     def __enter__(self) -> None:
         self._t0 = time.perf_counter()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.seconds += time.perf_counter() - self._t0
 
 
-def balance_summary(metrics: list[dict[str, Any]], wall: float) -> dict[str, float]:
-    """Imbalance = max busy / mean busy; efficiency = total busy / (ranks x wall)."""
-    busy = [m["busy_seconds"] for m in metrics]
-    mean = sum(busy) / len(busy)
-    return {
-        "wall_seconds": wall,
-        "imbalance": max(busy) / mean if mean > 0 else 1.0,
-        "efficiency": sum(busy) / (len(busy) * wall) if wall > 0 else 1.0,
-        "stolen_chunks": sum(m["stolen_chunks"] for m in metrics),
-        "steals": sum(m["steals"] for m in metrics),
-    }
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def validated_plan(job: Job, rt: Runtime) -> Plan:
-    """Layout first (tp must divide the ranks), then model and input; agreed by all."""
-    error = None
-    try:
-        check_tp(rt.size, job.run.tp)
-    except JobError as e:
-        error = e
-    agree(rt, error)
-    grid = Grid.build(rt.comm, job.run.tp)
-    plan = None
-    try:
-        plan = make_plan(job, grid, rt.local_rank)
-    except JobError as e:
-        error = e
-    agree(rt, error)
-    assert plan is not None  # agree() raised otherwise
-    return plan
-
-
-def output_attrs(
+def rank_metrics(
     plan: Plan,
     rt: Runtime,
-    compute_seconds: float,
-    metrics: list[dict],
-    identity: dict,
-    resumed_chunks: int,
-    epoch: float,
-) -> dict:
-    job = plan.job
+    timers: Timers,
+    claims: GroupClaims,
+    writer: ChunkWriter | None,
+    loop_seconds: float,
+    load_seconds: float,
+) -> dict[str, Any]:
+    grid, stats = plan.grid, claims.stats
     return {
-        "hpcinfer_version": __version__,
-        "job_fingerprint": fingerprint(identity),
-        "resumed_chunks": resumed_chunks,  # chunks computed by earlier, interrupted runs
-        "model_path": str(job.model.path),
-        "model_sha256": identity["model_sha256"],
-        "model": plan.model.describe(),
-        "input_path": str(job.input.path),
-        "input_dataset": job.input.dataset,
-        "n_rows": plan.n_rows,
-        "job_file": str(job.source.resolve()),
-        "job": job.options(),
-        "layout": {
-            "ranks": rt.size,
-            "dp": plan.grid.dp_size,
-            "tp": plan.grid.tp,
-            "tp_comm": plan.tp_comm,
-            "threads_per_rank": rt.threads,
-            "backend": job.run.backend,
-            "dtype": job.run.dtype,
-            "chunk_size": job.run.chunk_size,
-            "n_chunks": len(plan.chunks),
-            "balance": job.run.balance,
-        },
-        # Start of the run (before validation) to the last chunk done on any rank.
-        "compute_seconds": compute_seconds,
-        "loop_start_unix": epoch,  # run/chunks times are seconds after this
-        "rank_metrics": metrics,
-        "balance_summary": balance_summary(metrics, max(m["loop_seconds"] for m in metrics)),
-        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-
-
-@dataclass(frozen=True)
-class StartingPoint:
-    identity: dict
-    progress: Progress | None  # None: the output already exists, complete, for this job
-
-
-def starting_point(plan: Plan, rt: Runtime, restart: bool) -> StartingPoint:
-    """Rank 0 decides fresh / resume / already complete; every rank learns it (collective).
-
-    A partial run of another job is a JobError (exit 2, all ranks) unless `restart`.
-    """
-    error, point = None, None
-    if rt.rank == 0:
-        try:
-            point = _starting_point(plan, restart)
-        except JobError as e:
-            error = e
-    agree(rt, error)
-    return rt.comm.bcast(point, root=0)
-
-
-def _starting_point(plan: Plan, restart: bool) -> StartingPoint:
-    identity = job_identity(plan.job, plan.reader)
-    folder, out = plan.partial_dir, plan.job.output.path
-    if restart:
-        shutil.rmtree(folder, ignore_errors=True)
-    state = check_partial_run(folder, identity, plan.job.source)
-    if state == "stale":
-        shutil.rmtree(folder)
-        state = "fresh"
-    if state == "fresh" and not restart and output_fingerprint(out) == fingerprint(identity):
-        print(
-            f"hpcinfer: {out} is already complete for this job; nothing to do "
-            "(--restart computes it again)",
-            flush=True,
-        )
-        return StartingPoint(identity, None)
-    if state == "fresh":
-        start_partial_run(folder, identity, len(plan.chunks), plan.n_rows)
-        return StartingPoint(identity, Progress({}, ()))
-    progress = read_progress(folder, len(plan.chunks))
-    print(
-        f"hpcinfer: resuming: {len(progress.done)} of {len(plan.chunks)} chunks already "
-        f"done ({progress.rows:,} of {plan.n_rows:,} rows)",
-        flush=True,
-    )
-    for reason in progress.rejected[:5]:
-        print(f"hpcinfer: not trusted, will be computed again: {reason}", flush=True)
-    if len(progress.rejected) > 5:
-        print(f"hpcinfer: ... and {len(progress.rejected) - 5} more records not trusted")
-    return StartingPoint(identity, progress)
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How to run, as opposed to what (the job): never changes the output."""
-
-    restart: bool = False  # discard a partial run of this job
-    dry_run: bool = False  # validate and print the plan, compute nothing
-    quiet: bool = False  # no live progress
-    progress_interval: float = 30.0  # seconds between progress lines off a terminal
-
-
-def run_job(job: Job, rt: Runtime, options: RunOptions = RunOptions()) -> int:
-    """Run (or resume) `job` on every rank of `rt`.
-
-    Returns 0 once the complete output file exists, or stop.EXIT_STOPPED when a stop
-    signal ended the run early with its progress durable.
-    """
-    t0 = time.perf_counter()
-    plan = validated_plan(job, rt)
-    grid = plan.grid
-    if options.dry_run:
-        print_dry_run(plan, rt)  # hpcinfer.dry_run
-        return 0
-    point = starting_point(plan, rt, options.restart)
-    if point.progress is None:
-        return 0
-    done_before = point.progress.done
-    pending = [i for i in range(len(plan.chunks)) if i not in done_before]
-    rss_after_load = peak_rss_mb()
-    load_seconds = time.perf_counter() - t0
-
-    store = ChunkStore(plan.partial_dir, durable=job.run.checkpoint)
-    writer = None  # only a TP group's leader writes its group's results
-    if grid.is_leader:
-        journal = JournalWriter(plan.partial_dir, rt.rank) if job.run.checkpoint else None
-        writer = ChunkWriter(journal)
-    claims = GroupClaims(grid, len(pending), job.run.balance, should_stop=stop.requested)
-    progress = LiveProgress(
-        rt.comm, plan.n_rows, point.progress.rows, options.progress_interval, options.quiet
-    )
-    rt.comm.Barrier()
-    epoch = rt.comm.bcast(time.time(), root=0)  # chunk log times are seconds since this
-
-    t_loop = time.perf_counter()
-    busy = io = 0.0
-    log = []
-    for done, position in enumerate(claims):
-        chunk = plan.chunks[pending[position]]
-        t_chunk, start = time.perf_counter(), time.time() - epoch
-        faults.before_chunk(rt.rank, done, chunk.start, chunk.stop, plan.n_rows)
-        sink = None if writer is None else store.create(chunk.index, chunk.rows, plan.model.outputs)
-        try:
-            io += predict_chunk(plan.model, plan.reader, chunk, job.run.batch_size, sink)
-        except BaseException:
-            if sink is not None:
-                sink.discard()
-            raise
-        if writer is not None:
-            t_write = time.perf_counter()
-            stolen = position in claims.stats.stolen
-            entry = (chunk.index, grid.dp_rank, start, time.time() - epoch, stolen, False)
-            writer.submit(
-                sink,
-                dp=grid.dp_rank,
-                start=entry[2],
-                end=entry[3],
-                stolen=stolen,
-            )
-            io += time.perf_counter() - t_write  # only the wait for a free queue slot
-            log.append(entry)
-            progress.add(chunk.rows)
-        busy += time.perf_counter() - t_chunk
-    plan.reader.close()
-    if writer is not None:
-        writer.close()  # every chunk of this rank durable and journalled
-    claims.close()
-    progress.close()
-    rt.comm.Barrier()  # every claimed chunk is done and recorded
-    loop_seconds = time.perf_counter() - t_loop
-
-    stats = claims.stats
-    metrics = {
         "rank": rt.rank,
         "dp_rank": grid.dp_rank,
         "tp_rank": grid.tp_rank,
-        "chunks": len(log) if grid.is_leader else None,
+        "chunks": len(timers.log) if grid.is_leader else None,
         "load_seconds": load_seconds,  # start, validation, loading the model shard
         "loop_seconds": loop_seconds,  # first claim to the closing barrier
-        "busy_seconds": busy,  # computing chunks (reading, predicting, writing)
-        "idle_seconds": loop_seconds - busy,  # claiming, stealing, waiting at the end
-        "io_seconds": io,  # reading input, writing outputs, waiting for a writer slot
+        "busy_seconds": timers.busy,  # computing chunks (reading, predicting, writing)
+        "idle_seconds": loop_seconds - timers.busy,  # claiming, stealing, waiting at the end
+        "io_seconds": timers.io,  # reading input, writing outputs, waiting for a writer slot
         "write_seconds": writer.seconds if writer else 0.0,  # writer thread, overlapped
         "collective_seconds": grid.tp_group.seconds,
         "collective_calls": grid.tp_group.calls,
@@ -335,61 +319,58 @@ def run_job(job: Job, rt: Runtime, options: RunOptions = RunOptions()) -> int:
         "steal_attempts": stats.steal_attempts,
         "steal_seconds": stats.steal_seconds,
         "weight_mb": plan.model.weight_bytes / 2**20,
-        "peak_rss_mb_after_load": rss_after_load,
         "peak_rss_mb": peak_rss_mb(),
+        **plan.model.rank_metrics(),
     }
-    if counts := getattr(plan.model, "token_counts", None):  # text models
-        metrics["tokens_real"], metrics["tokens_computed"] = counts.real, counts.computed
-    finished = rt.comm.gather((log, metrics), root=0)
-    compute_seconds = time.perf_counter() - t0
-    complete = True
-    if rt.rank == 0:
-        entries = [r for part, _ in finished for r in part]
-        earlier = [
-            (
-                i,
-                r.get("dp", -1),
-                r.get("start", np.nan),
-                r.get("end", np.nan),
-                bool(r.get("stolen", False)),
-                True,
-            )
-            for i, r in point.progress.records.items()
-        ]
-        chunk_log = np.array(sorted(entries + earlier), CHUNK_LOG_DTYPE)
-        complete = len(chunk_log) == len(plan.chunks)
-        if complete:
-            check_every_chunk_once(chunk_log, len(plan.chunks))
-            all_metrics = [m for _, m in finished]
-            attrs = output_attrs(
-                plan, rt, compute_seconds, all_metrics, point.identity, len(done_before), epoch
-            )
-            assemble_output(
-                job.output.path,
-                store,
-                plan.chunks,
-                plan.n_rows,
-                plan.model.outputs,
-                attrs,
-                {"chunks": chunk_log},
-            )
-            shutil.rmtree(plan.partial_dir)
-            report(plan, rt, time.perf_counter() - t0, attrs["balance_summary"])
-        else:
-            print(
-                f"hpcinfer: stopped by signal with {len(chunk_log)} of {len(plan.chunks)} "
-                f"chunks done and durable; run the same command again to resume "
-                f"(exit code {stop.EXIT_STOPPED})",
-                file=sys.stderr,
-                flush=True,
-            )
-    complete = rt.comm.bcast(complete, root=0)
-    return 0 if complete else stop.EXIT_STOPPED
 
 
-def check_every_chunk_once(chunk_log: np.ndarray, n_chunks: int) -> None:
+# -- finish (rank 0) -----------------------------------------------------------------
+
+
+def finish(
+    plan: Plan, rt: Runtime, before: Progress, work: list[RankWork], identity: dict, t0: float
+) -> bool:
+    """Assemble the output if every chunk is done; else say how to resume. Rank 0 only."""
+    log = chunk_log([entry for w in work for entry in w.log], before.records)
+    if len(log) != len(plan.chunks):
+        print(
+            f"hpcinfer: stopped by signal with {len(log)} of {len(plan.chunks)} chunks done "
+            f"and durable; run the same command again to resume (exit code {stop.EXIT_STOPPED})",
+            file=sys.stderr,
+            flush=True,
+        )
+        return False
+    check_every_chunk_once(log, len(plan.chunks))
+    metrics = [w.metrics for w in work]
+    attrs = output_attrs(
+        plan, rt, time.perf_counter() - t0, metrics, identity, len(before.done), work[0].epoch
+    )
+    assemble_output(
+        plan.job.output.path,
+        ChunkStore(plan.partial_dir),
+        plan.chunks,
+        plan.n_rows,
+        plan.model.outputs,
+        attrs,
+        {"chunks": log},
+    )
+    shutil.rmtree(plan.partial_dir)
+    report(plan, rt, time.perf_counter() - t0, attrs["balance_summary"])
+    return True
+
+
+def chunk_log(this_run: list[tuple[int, ChunkRun]], earlier: dict[int, ChunkRecord]) -> np.ndarray:
+    """run/chunks: every chunk's (index, dp_rank, start, end, stolen, resumed), by index."""
+    rows = [(i, r.dp_rank, r.start, r.end, r.stolen, False) for i, r in this_run]
+    rows += [
+        (i, c.run.dp_rank, c.run.start, c.run.end, c.run.stolen, True) for i, c in earlier.items()
+    ]
+    return np.array(sorted(rows), CHUNK_LOG_DTYPE)
+
+
+def check_every_chunk_once(log: np.ndarray, n_chunks: int) -> None:
     """Each chunk exactly once across this run and the runs it resumes."""
-    counts = np.bincount(chunk_log["index"], minlength=n_chunks)
+    counts = np.bincount(log["index"], minlength=n_chunks)
     if (counts != 1).any():
         missing, repeated = int((counts == 0).sum()), int((counts > 1).sum())
         raise RunError(f"{missing} chunk(s) never computed, {repeated} computed twice")
@@ -397,8 +378,8 @@ def check_every_chunk_once(chunk_log: np.ndarray, n_chunks: int) -> None:
 
 def report(plan: Plan, rt: Runtime, wall: float, summary: dict[str, float]) -> None:
     shapes = ", ".join(
-        f"{name} {(plan.n_rows, *shape)} {np.dtype(dt).name}"
-        for name, (shape, dt) in plan.model.outputs.items()
+        f"{name} {(plan.n_rows, *o.shape)} {np.dtype(o.dtype).name}"
+        for name, o in plan.model.outputs.items()
     )
     grid = plan.grid
     print(

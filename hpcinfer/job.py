@@ -70,7 +70,7 @@ class RunSection:
     balance: str = field(default="steal", metadata={"kind": str, "choices": BALANCES})
     # Ranks per tensor-parallel group: each holds 1/tp of every weight matrix.
     tp: int = field(default=1, metadata={"kind": int, "min": 1})
-    # How tensors cross the TP group (per backend; see hpcinfer.comm): auto = the default.
+    # How tensors cross the TP group (per backend; see hpcinfer.parallel.comm): auto = the default.
     tp_comm: str = field(default="auto", metadata={"kind": str, "choices": TP_COMMS})
 
 

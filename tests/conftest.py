@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -38,10 +40,38 @@ def hpcinfer(
 ) -> subprocess.CompletedProcess:
     """`mpiexec -n N python -m hpcinfer ARGS`; fails the test instead of hanging."""
     cmd = [mpiexec(), "-n", str(n), sys.executable, "-m", "hpcinfer", *args]
-    full_env = {**os.environ, **(env or {})}
+    full_env = with_faults({**os.environ, **(env or {})})
     return subprocess.run(
         cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=ROOT
     )
+
+
+def wait_for(condition, timeout: float, what: str, proc=None) -> None:
+    """Poll `condition()` until it holds, backing off up to 0.2 s; fail after `timeout`
+    seconds (or at once if `proc` ended first). Tests synchronise with this, never sleep."""
+    deadline = time.monotonic() + timeout
+    pause = 0.005
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"the process ended (exit {proc.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(pause)
+        pause = min(0.2, pause * 2)
+
+
+def journal_records(partial: Path) -> int:
+    """Chunks recorded so far in a running job's journals (lines; a torn one counts)."""
+    total = 0
+    for journal in partial.glob("journal-*.log"):
+        with contextlib.suppress(FileNotFoundError):  # the run finished meanwhile
+            total += journal.read_bytes().count(b"\n")
+    return total
+
+
+def with_faults(env: dict) -> dict:
+    """Fault injection (HPCINFER_FAULT) is read only with the test switch on as well."""
+    return {**env, "HPCINFER_TESTING": "1"} if env.get("HPCINFER_FAULT") else env
 
 
 def write_job(path: Path, **sections: dict) -> Path:

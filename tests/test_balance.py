@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hpcinfer.balance import Stealer, initial_range, pack, unpack
-from hpcinfer.engine import balance_summary
+from hpcinfer.schedule.balance import Stealer, initial_range, pack, unpack
+from hpcinfer.tools.run_attrs import balance_summary
 
 
 class LockedWords:
@@ -77,7 +77,7 @@ def test_balance_summary():
 
 
 def test_thieves_that_give_up_early_lose_no_chunk(monkeypatch):
-    monkeypatch.setattr("hpcinfer.balance.MAX_PROBES", 1)
+    monkeypatch.setattr("hpcinfer.schedule.balance.MAX_PROBES", 1)
     words = LockedWords({g: initial_range(300, g, 6) for g in range(6)})
     claimed: list[int] = []
     lock = threading.Lock()

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from hpcinfer.backends import get_backend
-from hpcinfer.comm import Solo
 from hpcinfer.errors import JobError
 from hpcinfer.models import load_model
+from hpcinfer.parallel.tensor import Solo
 from tests.conftest import DATA, hpcinfer, write_job
 
 

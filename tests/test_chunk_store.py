@@ -8,8 +8,9 @@ import json
 import numpy as np
 import pytest
 
+from hpcinfer.checkpoint.chunk_files import ChunkStore, file_crc32
 from hpcinfer.errors import RunError
-from hpcinfer.io.chunk_store import ChunkStore, file_crc32
+from hpcinfer.models import OutputSpec
 
 ARRAYS = {
     "outputs": np.arange(15, dtype=np.float32).reshape(5, 3),
@@ -18,12 +19,12 @@ ARRAYS = {
     "cube": np.arange(5 * 2 * 3, dtype=np.float16).reshape(5, 2, 3),
     "strided": np.arange(15.0).reshape(3, 5).T,  # not C-contiguous
 }
-OUTPUTS = {name: (a.shape[1:], a.dtype) for name, a in ARRAYS.items()}
+OUTPUTS = {name: OutputSpec(a.shape[1:], a.dtype) for name, a in ARRAYS.items()}
 
 
 def write_whole(store, index, arrays):
     chunk = store.create(index, 5, OUTPUTS)
-    chunk.write(arrays)
+    chunk.write_rows(0, arrays)
     return chunk.commit()
 
 
@@ -58,8 +59,8 @@ def test_rows_written_batch_by_batch_read_back_whole(tmp_path, batch):
 
 def test_outputs_cast_to_the_declared_dtype(tmp_path):
     store = ChunkStore(tmp_path)
-    chunk = store.create(0, 2, {"y": ((2,), np.dtype("float32"))})
-    chunk.write({"y": np.array([[1.5, 2.0], [3.0, 4.0]], dtype=np.float64)})
+    chunk = store.create(0, 2, {"y": OutputSpec((2,), np.dtype("float32"))})
+    chunk.write_rows(0, {"y": np.array([[1.5, 2.0], [3.0, 4.0]], dtype=np.float64)})
     chunk.commit()
     got = store.read(0)["y"]
     assert got.dtype == np.float32
@@ -123,7 +124,7 @@ def test_a_damaged_chunk_file_is_a_clear_error(tmp_path, damage):
 def test_a_full_disk_is_one_line_naming_the_file(tmp_path, limit, fails_at):
     resource = pytest.importorskip("resource")
     store = ChunkStore(tmp_path)
-    outputs = {"y": ((4,), np.dtype("float32"))}  # 2**18 rows: 4 MiB
+    outputs = {"y": OutputSpec((4,), np.dtype("float32"))}  # 2**18 rows: 4 MiB
     chunk = store.create(4, 2**18, outputs) if fails_at == "write" else None
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))  # writes past it fail: EFBIG
@@ -132,7 +133,7 @@ def test_a_full_disk_is_one_line_naming_the_file(tmp_path, limit, fails_at):
             if chunk is None:
                 store.create(4, 2**18, outputs)
             else:
-                chunk.write({"y": np.ones((2**18, 4), np.float32)})
+                chunk.write_rows(0, {"y": np.ones((2**18, 4), np.float32)})
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert list(tmp_path.iterdir()) == []

@@ -17,10 +17,10 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from hpcinfer.backends import get_backend
-from hpcinfer.comm import Solo
 from hpcinfer.errors import JobError
 from hpcinfer.models import load_model
-from hpcinfer.report import load_run, report_data
+from hpcinfer.parallel.tensor import Solo
+from hpcinfer.tools.report import load_run, report_data
 from tests.conftest import DATA, hpcinfer, write_job
 
 MODEL = DATA / "models" / "tiny-gpt2"
@@ -177,22 +177,22 @@ def test_a_task_the_model_cannot_do_is_a_clear_error():
 
 def test_inspect_knows_gpt2_and_agrees_with_what_loading_holds(capsys):
     from hpcinfer.cli import main
-    from hpcinfer.dry_run import human_bytes
+    from hpcinfer.tools.format import human_bytes
 
     assert main(["inspect", str(MODEL)]) == 0
     out = capsys.readouterr().out
     assert "gpt2, 2 layers, hidden 96, 12 heads, vocabulary 1001" in out
     assert "8 does not fit: tp does not divide the 12 heads" in out
     for tp in (1, 2, 3, 4):
-        held = max(load(tp=_group_of(tp), tp_rank=r).weight_bytes for r in range(tp))
+        held = max(load(tp=_group_of(tp, r)).weight_bytes for r in range(tp))
         line = next(s for s in out.splitlines() if s.split()[:1] == [str(tp)])
         assert line.split()[1:3] == human_bytes(held).split(), (tp, line)
 
 
-def _group_of(size: int) -> Solo:
+def _group_of(size: int, rank: int) -> Solo:
     """A stand-in TP group for loading one rank's shard in-process (never communicates)."""
     group = Solo()
-    group.size = size
+    group.size, group.rank = size, rank
     return group
 
 
@@ -298,7 +298,7 @@ def test_the_shipped_job_runs(tmp_path):
 
 def test_status_reads_a_text_job(tmp_path, score_job):
     from hpcinfer.job import load_job
-    from hpcinfer.status import job_status
+    from hpcinfer.tools.status import job_status
 
     job = load_job(score_job, [f"output.path='{tmp_path / 'none.h5'}'"])
     assert job_status(job).endswith("not started (5 chunks, 200 rows)")

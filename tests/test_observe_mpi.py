@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from hpcinfer.io.safetensors_file import SafetensorsFile
-from hpcinfer.report import load_run, report_data
+from hpcinfer.tools.report import load_run, report_data
 from tests.conftest import DATA, ROOT, hpcinfer
 
 pytestmark = pytest.mark.mpi

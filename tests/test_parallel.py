@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from hpcinfer.errors import JobError
-from hpcinfer.grid import check_tp, grid_coords
-from hpcinfer.models.mlp import LayerSplit, MLPConfig, layer_splits, read_mlp_shard
-from hpcinfer.parallel import shard_range, shard_sizes
+from hpcinfer.io.safetensors_file import SafetensorsFile
+from hpcinfer.models.mlp import LayerSplit, MLPConfig, layer_splits
+from hpcinfer.models.shards import read_table
+from hpcinfer.parallel.grid import check_tp, grid_coords
+from hpcinfer.parallel.partition import split_range, split_sizes
 from tests.test_mlp import make_mlp
 
 
@@ -27,8 +29,8 @@ def test_megatron_pairing_and_the_gathered_odd_last_layer():
 
 
 def test_shards_cover_a_dimension():
-    assert shard_sizes(50, 4) == (13, 13, 12, 12)
-    assert [shard_range(10, r, 3) for r in range(3)] == [range(0, 4), range(4, 7), range(7, 10)]
+    assert split_sizes(50, 4) == [13, 13, 12, 12]
+    assert [split_range(10, r, 3) for r in range(3)] == [range(0, 4), range(4, 7), range(7, 10)]
 
 
 @pytest.mark.parametrize("tp", [1, 2, 3, 4])
@@ -36,17 +38,19 @@ def test_shards_reassemble_the_full_weights(tmp_path, tp):
     sizes = [9, 13, 7, 5]
     tensors = make_mlp(tmp_path / "m", sizes)
     config = MLPConfig(tuple(sizes), "relu", "softmax")
-    shards = [read_mlp_shard(tmp_path / "m", config, "float32", r, tp) for r in range(tp)]
+    weights = SafetensorsFile(tmp_path / "m" / "model.safetensors")
+    shards = [read_table(weights, config.shard_table(r, tp), "float32") for r in range(tp)]
     for i, split in enumerate(layer_splits(tuple(sizes), tp)):
-        w_full, b_full = tensors[f"layers.{i}.weight"], tensors[f"layers.{i}.bias"]
+        w, b = f"layers.{i}.weight", f"layers.{i}.bias"
+        w_full, b_full = tensors[w], tensors[b]
         axis = 1 if split.kind == "column" else 0  # held transposed: (in, out)
-        np.testing.assert_array_equal(np.concatenate([s[i][0] for s in shards], axis), w_full.T)
+        np.testing.assert_array_equal(np.concatenate([s[w] for s in shards], axis), w_full.T)
         if split.kind == "column":
-            np.testing.assert_array_equal(np.concatenate([s[i][1] for s in shards]), b_full)
+            np.testing.assert_array_equal(np.concatenate([s[b] for s in shards]), b_full)
         else:
             for s in shards:
-                np.testing.assert_array_equal(s[i][1], b_full)
-    held = sum(w.nbytes for s in shards for w, _ in s)
+                np.testing.assert_array_equal(s[b], b_full)
+    held = sum(a.nbytes for s in shards for k, a in s.items() if k.endswith("weight"))
     assert held == sum(t.nbytes for k, t in tensors.items() if k.endswith("weight"))
 
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from hpcinfer.backends import get_backend
-from hpcinfer.engine import predict_chunk
-from hpcinfer.io.chunk_store import ChunkStore
+from hpcinfer.checkpoint.chunk_files import ChunkStore
+from hpcinfer.engine import compute_chunk
 from hpcinfer.io.hdf5_input import open_hdf5
 from hpcinfer.models import load_model
-from hpcinfer.schedule import Chunk
+from hpcinfer.schedule.chunks import Chunk
 from tests.test_mlp import make_mlp
 
 ROWS, WIDTH, BATCH = 4096, 2048, 128  # a chunk's outputs: 32 MiB; one batch's: 1 MiB
@@ -38,7 +38,7 @@ def test_a_chunk_never_holds_its_outputs_whole(tmp_path, setup, writes):
     sink = store.create(0, ROWS, model.outputs) if writes else None
     tracemalloc.start()
     try:
-        predict_chunk(model, reader, Chunk(0, 0, ROWS), BATCH, sink)
+        compute_chunk(model, reader, Chunk(0, 0, ROWS), BATCH, sink)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

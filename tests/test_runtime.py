@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from hpcinfer.runtime import pinned_cores, threads_per_rank
+from hpcinfer.parallel.runtime import pinned_cores, threads_per_rank
 from tests.conftest import ROOT
 
 

@@ -1,8 +1,8 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hpcinfer.partition import split_range, split_sizes
-from hpcinfer.schedule import make_chunks
+from hpcinfer.parallel.partition import split_range, split_sizes
+from hpcinfer.schedule.chunks import make_chunks
 
 
 def test_chunks_cover_rows_in_order():

@@ -17,7 +17,7 @@ from pathlib import Path
 import h5py
 import pytest
 
-from tests.conftest import DIGITS_JOB, ROOT, hpcinfer
+from tests.conftest import DIGITS_JOB, ROOT, hpcinfer, wait_for, with_faults
 
 SLURM_DIR = ROOT / "slurm"
 
@@ -44,7 +44,7 @@ pytestmark = [pytest.mark.slurm]
 def sbatch(
     script: str, *args: str, out: Path, env: dict | None = None, options: tuple[str, ...] = ()
 ) -> str:
-    env = {**os.environ, "HPCINFER_PYTHON": sys.executable, **(env or {})}
+    env = with_faults({**os.environ, "HPCINFER_PYTHON": sys.executable, **(env or {})})
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     p = subprocess.run(
         ["sbatch", "--parsable", f"--output={out}", *options, str(SLURM_DIR / script), *args],
@@ -65,7 +65,7 @@ def job_state(job_id: str) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S+)", p.stdout))
 
 
-def wait_for(job_id: str, states: set[str], timeout: float = 120) -> dict[str, str]:
+def wait_for_state(job_id: str, states: set[str], timeout: float = 120) -> dict[str, str]:
     """Poll (sbatch --wait polls slowly) until the job is in one of `states`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -110,7 +110,7 @@ def test_cpu_script_matches_mpirun(tmp_path, mpirun_reference):
         out=tmp_path / "cpu.out",
         options=("--ntasks=2",),
     )
-    info = wait_for(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"})
+    info = wait_for_state(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"})
     log = (tmp_path / "cpu.out").read_text()
     assert info["JobState"] == "COMPLETED", log
     got, attrs = outputs(out)
@@ -132,21 +132,19 @@ def test_preemptible_script_requeues_and_resumes(tmp_path, mpirun_reference):
         options=("--ntasks=2",),
         env={"HPCINFER_FAULT": "kind=delay,seconds=0.05"},
     )
-    wait_for(job_id, {"RUNNING"})
+    wait_for_state(job_id, {"RUNNING"})
     partial = tmp_path / "pre.h5.partial"
-    deadline = time.monotonic() + 60
-    while len(list(partial.glob("chunk-*.bin"))) < 10 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_for(lambda: len(list(partial.glob("chunk-*.bin"))) >= 10, 60, "10 chunk files")
     # The early warning, as --signal=B:USR1@... would send it: to the batch shell.
     subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True, timeout=10)
-    info = wait_for(job_id, {"PENDING", "COMPLETED", "FAILED"})
+    info = wait_for_state(job_id, {"PENDING", "COMPLETED", "FAILED"})
     assert info["JobState"] == "PENDING", log_path.read_text()  # requeued
     assert int(info["Restarts"]) == 1
     # A requeued job waits ~2 minutes (BeginTime); start it now.
     subprocess.run(
         ["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=10
     )
-    info = wait_for(job_id, {"COMPLETED", "FAILED", "CANCELLED"})
+    info = wait_for_state(job_id, {"COMPLETED", "FAILED", "CANCELLED"})
     log = log_path.read_text()
     assert info["JobState"] == "COMPLETED", log
     assert "requeueing" in log and "start 2" in log
@@ -170,7 +168,7 @@ def test_a_real_error_fails_once_and_does_not_requeue(tmp_path):
         out=log_path,
         options=("--ntasks=2",),
     )
-    info = wait_for(job_id, {"COMPLETED", "FAILED", "CANCELLED"})
+    info = wait_for_state(job_id, {"COMPLETED", "FAILED", "CANCELLED"})
     log = log_path.read_text()
     assert info["JobState"] == "FAILED", log
     assert info["ExitCode"].startswith("2:"), info

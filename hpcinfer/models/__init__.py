@@ -1,39 +1,46 @@
 """Models: pure forward functions of (params, inputs), and loaders from model folders.
 
-A model folder holds `config.json` (its `model_type` selects the architecture) and
-`model.safetensors`. A loaded model tells the engine what one input row must look like
-and which datasets it writes, and maps a host batch to host outputs.
+A model folder holds `config.json` (its `model_type` selects the family) and the
+weights. Each family module offers the same three things:
+
+    load(folder, config, backend, dtype, tp, task) -> Model   this rank's shard, bound
+    architecture(folder, config, weights) -> config object      for `inspect`: title,
+                                     misfit(tp), shard_table(rank, size), collectives(tp)
+
+Models import no MPI: they receive a `Collectives` (hpcinfer.parallel.tensor) and call
+the tensor-parallel kernels, so `inspect` and `status` run without mpi4py.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
-
-import numpy as np
+from types import ModuleType
+from typing import Any
 
 from hpcinfer.errors import JobError
+from hpcinfer.models.base import InputKind, Model, OutputSpec
+from hpcinfer.parallel.tensor import Collectives, Solo
+
+__all__ = ["FAMILIES", "InputKind", "Model", "OutputSpec", "family_of", "load_model"]
 
 
-class Model(Protocol):
-    #: shape of one input row, e.g. (64,) for a 64-feature MLP; None for text models,
-    #: which have predict_items(items, batch_size) instead of predict(batch): an item is
-    #: a text or a list of token ids
-    row_shape: tuple[int, ...] | None
-    #: output dataset name -> (shape of one output row, dtype)
-    outputs: dict[str, tuple[tuple[int, ...], np.dtype]]
-    #: bytes of weights this rank holds (its TP shard plus replicated parts)
-    weight_bytes: int
+@dataclass(frozen=True)
+class Family:
+    tasks: tuple[str, ...]  # what it can compute; the first is the default
+    module: str  # imported only when a model of this family is loaded or inspected
 
-    def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Host batch (B, *row_shape) -> {dataset: host array (B, *shape)}."""
+    def load_module(self) -> ModuleType:
+        return importlib.import_module(self.module)
 
-    def describe(self) -> dict[str, Any]:
-        """Facts about the model for the output file's attributes."""
 
-    def activation_bytes(self, batch_size: int) -> int:
-        """Rough peak memory of a forward pass's temporaries for one batch."""
+FAMILIES = {
+    "mlp": Family(("predict",), "hpcinfer.models.mlp"),
+    "bert": Family(("embed",), "hpcinfer.models.bert"),
+    "gpt2": Family(("score",), "hpcinfer.models.gpt2"),
+}
 
 
 def read_config(folder: Path) -> dict[str, Any]:
@@ -52,43 +59,35 @@ def read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
-# model_type -> the tasks it can do; the first is the default.
-TASKS = {"mlp": ("predict",), "bert": ("embed",), "gpt2": ("score",)}
+def family_of(folder: Path, config: dict[str, Any]) -> Family:
+    model_type = config.get("model_type")
+    if model_type not in FAMILIES:
+        raise JobError(
+            f"{folder / 'config.json'}: unsupported model_type {model_type!r} "
+            f"(known: {', '.join(FAMILIES)})"
+        )
+    return FAMILIES[model_type]
 
 
 def load_model(
     folder: Path,
     backend: Any,
     dtype: str,
-    tp: Any = None,
-    tp_rank: int = 0,
+    tp: Collectives | None = None,
     task: str = "auto",
 ) -> Model:
     """Load this TP rank's shard of the model in `folder`, computing in `dtype`.
 
-    `tp` is the TP group's collectives (hpcinfer.comm); None means no tensor parallelism.
-    `task` (model.task) must be one the model type can do; "auto" takes its default.
+    `tp` is the TP group's collectives (hpcinfer.parallel.comm), which know this rank's
+    place in the group; None means no tensor parallelism. `task` (model.task) must be
+    one the family can do; "auto" takes its default.
     """
     config = read_config(folder)
-    model_type = config.get("model_type")
-    if model_type not in TASKS:
+    family = family_of(folder, config)
+    if task != "auto" and task not in family.tasks:
         raise JobError(
-            f"{folder / 'config.json'}: unsupported model_type {model_type!r} "
-            f"(known: {', '.join(TASKS)})"
+            f"model.task = {task!r} is not available for model_type {config['model_type']!r} "
+            f"({folder}); it can do: {', '.join(family.tasks)}"
         )
-    if task != "auto" and task not in TASKS[model_type]:
-        raise JobError(
-            f"model.task = {task!r} is not available for model_type {model_type!r} "
-            f"({folder}); it can do: {', '.join(TASKS[model_type])}"
-        )
-    if model_type == "mlp":
-        from hpcinfer.models.mlp import MLP
-
-        return MLP.load(folder, config, backend, dtype, tp, tp_rank)
-    if model_type == "bert":
-        from hpcinfer.models.bert import BertEmbedder
-
-        return BertEmbedder(folder, config, backend, dtype, tp, tp_rank)
-    from hpcinfer.models.gpt2 import Gpt2Scorer
-
-    return Gpt2Scorer(folder, config, backend, dtype, tp, tp_rank)
+    task = family.tasks[0] if task == "auto" else task
+    return family.load_module().load(folder, config, backend, dtype, tp or Solo(), task)

@@ -14,7 +14,9 @@ ranks (heads split: each rank holds n / tp heads):
     x = LN(x + row_linear(a, Wo_r, bo))        # one all-reduce
     x = LN(x + row_linear(gelu(x @ Wi_r + bi_r), Wo2_r, bo2))   # one all-reduce
 
-so a layer costs two all-reduces; embeddings and layer norms are replicated.
+so a layer costs two all-reduces; embeddings and layer norms are replicated. Parameters
+keep the file's names (without the "bert." prefix; layer tensors relative to
+"encoder.layer.{i}.").
 """
 
 from __future__ import annotations
@@ -27,23 +29,31 @@ from typing import Any
 
 import numpy as np
 
-from hpcinfer.comm import Collectives, Solo
 from hpcinfer.errors import JobError
 from hpcinfer.io.safetensors_file import SafetensorsFile
-from hpcinfer.models.transformer import (
-    TextModel,
-    attention,
-    check_heads_split,
-    encode_items,
-    gelu_erf,
-    layer_norm,
-    load_tokenizer,
-    split_heads,
-    stack_layers,
-)
-from hpcinfer.parallel import column_linear, row_linear, shard_range
+from hpcinfer.models.base import OutputSpec
+from hpcinfer.models.shards import ShardTable, column, read_table, row, whole
+from hpcinfer.models.text import TextModel, check_heads_split, encode_items, load_tokenizer
+from hpcinfer.models.transformer import attention, gelu_erf, layer_norm, split_heads
+from hpcinfer.parallel.partition import split_slice
+from hpcinfer.parallel.tensor import Collectives, Solo, column_linear, row_linear
 
 POOLING_MODES = ("mean", "cls", "max")
+COLUMN_SPLIT = (  # nn.Linear layers split along their outputs
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "intermediate.dense",
+)
+ROW_SPLIT = ("attention.output.dense", "output.dense")  # ... along their inputs
+LAYER_NORMS = ("attention.output.LayerNorm", "output.LayerNorm")
+EMBEDDINGS = (
+    "embeddings.word_embeddings.weight",
+    "embeddings.position_embeddings.weight",
+    "embeddings.token_type_embeddings.weight",
+    "embeddings.LayerNorm.weight",
+    "embeddings.LayerNorm.bias",
+)
 
 
 @dataclass(frozen=True)
@@ -56,9 +66,11 @@ class BertConfig:
     max_length: int  # tokens per text after truncation
     pooling: str
     normalize: bool
+    prefix: str = ""  # "bert." when the file's tensor names carry it
 
     @classmethod
-    def from_folder(cls, folder: Path, config: dict[str, Any]) -> BertConfig:
+    def from_folder(cls, folder: Path, config: dict[str, Any], names: Any = ()) -> BertConfig:
+        """`names`: the weight file's tensor names (they decide the prefix)."""
         where = folder / "config.json"
         if config.get("hidden_act", "gelu") != "gelu":
             raise JobError(
@@ -83,7 +95,51 @@ class BertConfig:
             float(config.get("layer_norm_eps", 1e-12)),
             max_length,
             *read_pooling(folder),
+            prefix="bert." if "bert.embeddings.word_embeddings.weight" in names else "",
         )
+
+    # -- what `inspect` and the loader share ------------------------------------------
+
+    @property
+    def title(self) -> str:
+        return (
+            f"bert, {self.layers} layers, hidden {self.hidden}, {self.heads} heads, "
+            f"intermediate {self.intermediate}"
+        )
+
+    unit = "token"
+
+    def misfit(self, tp: int) -> str | None:
+        return None if self.heads % tp == 0 else f"tp does not divide the {self.heads} heads"
+
+    def shard_table(self, rank: int, size: int) -> ShardTable:
+        """Heads and the feed-forward block split; embeddings and norms whole."""
+        p, h = self.prefix, self.hidden
+        heads = split_slice(h, rank, size)
+        inner = split_slice(self.intermediate, rank, size)
+        top = {name: whole(p + name) for name in EMBEDDINGS}
+        layers = []
+        for i in range(self.layers):
+            n = f"{p}encoder.layer.{i}."
+            layer = {}
+            for name in COLUMN_SPLIT:
+                part, out = (inner, self.intermediate) if name.startswith("inter") else (heads, h)
+                layer[name + ".weight"] = column(n + name + ".weight", part, expect=(out, h))
+                layer[name + ".bias"] = column(n + name + ".bias", part, False, expect=(out,))
+            for name in ROW_SPLIT:
+                attn = name.startswith("attention")
+                part, n_in = (heads, h) if attn else (inner, self.intermediate)
+                layer[name + ".weight"] = row(n + name + ".weight", part, expect=(h, n_in))
+                layer[name + ".bias"] = whole(n + name + ".bias", expect=(h,))
+            for name in LAYER_NORMS:
+                for t in ("weight", "bias"):
+                    layer[f"{name}.{t}"] = whole(f"{n}{name}.{t}", expect=(h,))
+            layers.append(layer)
+        return ShardTable(top, layers)
+
+    def collectives(self, tp: int) -> dict[str, int]:
+        reduces = 0 if tp == 1 else 2 * self.layers
+        return {"all_reduce": reduces, "all_gather": 0, "values_per_row": reduces * self.hidden}
 
 
 def read_pooling(folder: Path) -> tuple[str, bool]:
@@ -116,31 +172,37 @@ def read_pooling(folder: Path) -> tuple[str, bool]:
     return pooling, normalize
 
 
+def linear(p: dict, name: str) -> tuple[Any, Any]:
+    return p[name + ".weight"], p[name + ".bias"]
+
+
 def bert_forward(params, ids, mask, *, xp, erf, scan, tp: Collectives, cfg: BertConfig):
     """ids, mask (B, L) -> sentence embeddings (B, H), the same on every TP rank.
 
     params["layers"] holds every layer's tensors stacked on a leading axis; `scan` runs
     the layer body over it (lax.scan under JAX: one layer compiled, not six).
     """
-    emb = params["embeddings"]
+    e = params
     seq = ids.shape[1]
-    x = emb["word"][ids] + emb["position"][:seq] + emb["type"][0]  # (B, L, H)
-    x = layer_norm(x, emb["ln_w"], emb["ln_b"], cfg.eps, xp)
+    x = (
+        e["embeddings.word_embeddings.weight"][ids]
+        + e["embeddings.position_embeddings.weight"][:seq]
+        + e["embeddings.token_type_embeddings.weight"][0]
+    )  # (B, L, H)
+    x = layer_norm(x, e["embeddings.LayerNorm.weight"], e["embeddings.LayerNorm.bias"], cfg.eps, xp)
     d = cfg.hidden // cfg.heads
     bias = (1.0 - mask[:, None, None, :].astype(x.dtype)) * -1e9  # (B, 1, 1, L)
 
     def layer(x, p):
-        q = split_heads(column_linear(x, p["q_w"], p["q_b"], tp), d, xp)
-        k = split_heads(column_linear(x, p["k_w"], p["k_b"], tp), d, xp)
-        v = split_heads(column_linear(x, p["v_w"], p["v_b"], tp), d, xp)
+        q = split_heads(column_linear(x, *linear(p, "attention.self.query"), tp), d, xp)
+        k = split_heads(column_linear(x, *linear(p, "attention.self.key"), tp), d, xp)
+        v = split_heads(column_linear(x, *linear(p, "attention.self.value"), tp), d, xp)
         ctx = attention(q, k, v, bias, 1.0 / np.sqrt(d), xp)  # (B, L, h*d)
-        x = layer_norm(
-            x + row_linear(ctx, p["o_w"], p["o_b"], tp), p["ln1_w"], p["ln1_b"], cfg.eps, xp
-        )
-        h = gelu_erf(column_linear(x, p["i_w"], p["i_b"], tp), erf)  # (B, L, inter/tp)
-        return layer_norm(
-            x + row_linear(h, p["o2_w"], p["o2_b"], tp), p["ln2_w"], p["ln2_b"], cfg.eps, xp
-        )
+        x = x + row_linear(ctx, *linear(p, "attention.output.dense"), tp)
+        x = layer_norm(x, *linear(p, "attention.output.LayerNorm"), cfg.eps, xp)
+        h = gelu_erf(column_linear(x, *linear(p, "intermediate.dense"), tp), erf)  # (B, L, I/tp)
+        x = x + row_linear(h, *linear(p, "output.dense"), tp)
+        return layer_norm(x, *linear(p, "output.LayerNorm"), cfg.eps, xp)
 
     x = scan(layer, x, params["layers"])
     m = mask[..., None].astype(x.dtype)  # (B, L, 1)
@@ -155,79 +217,25 @@ def bert_forward(params, ids, mask, *, xp, erf, scan, tp: Collectives, cfg: Bert
     return pooled
 
 
-def read_bert_shard(folder: Path, cfg: BertConfig, dtype: str, tp_rank: int, tp: int) -> dict:
-    f = SafetensorsFile(folder / "model.safetensors")
-    prefix = "bert." if "bert.embeddings.word_embeddings.weight" in f else ""
-
-    def full(name):
-        return f.read(prefix + name, dtype=dtype)
-
-    def col(name):  # nn.Linear (out, in): this rank's outputs, held as (in, out/tp)
-        r = shard_range(f.info(prefix + name + ".weight").shape[0], tp_rank, tp)
-        rows = slice(r.start, r.stop)
-        return (
-            f.read_transposed(prefix + name + ".weight", rows=rows, dtype=dtype),
-            f.read(prefix + name + ".bias", rows=rows, dtype=dtype),
-        )
-
-    def row(name):  # this rank's inputs, held as (in/tp, out); the bias whole
-        r = shard_range(f.info(prefix + name + ".weight").shape[1], tp_rank, tp)
-        return (
-            f.read_transposed(prefix + name + ".weight", cols=slice(r.start, r.stop), dtype=dtype),
-            f.read(prefix + name + ".bias", dtype=dtype),
-        )
-
-    params = {
-        "embeddings": {
-            "word": full("embeddings.word_embeddings.weight"),
-            "position": full("embeddings.position_embeddings.weight"),
-            "type": full("embeddings.token_type_embeddings.weight"),
-            "ln_w": full("embeddings.LayerNorm.weight"),
-            "ln_b": full("embeddings.LayerNorm.bias"),
-        },
-        "layers": [],
-    }
-    for i in range(cfg.layers):
-        n = f"encoder.layer.{i}."
-        layer = {}
-        for key, name in (
-            ("q", "attention.self.query"),
-            ("k", "attention.self.key"),
-            ("v", "attention.self.value"),
-            ("i", "intermediate.dense"),
-        ):
-            layer[f"{key}_w"], layer[f"{key}_b"] = col(n + name)
-        layer["o_w"], layer["o_b"] = row(n + "attention.output.dense")
-        layer["o2_w"], layer["o2_b"] = row(n + "output.dense")
-        for key, name in (("ln1", "attention.output.LayerNorm"), ("ln2", "output.LayerNorm")):
-            layer[f"{key}_w"], layer[f"{key}_b"] = (
-                full(n + name + ".weight"),
-                full(n + name + ".bias"),
-            )
-        params["layers"].append(layer)
-    params["layers"] = stack_layers(params["layers"])
-    return params
+def architecture(folder: Path, config: dict, weights: Any) -> BertConfig:
+    """What `inspect` describes: the config, with the weight file's naming."""
+    return BertConfig.from_folder(folder, config, weights.tensors)
 
 
 class BertEmbedder(TextModel):
     """Texts in, sentence embeddings out (dataset "embeddings", (N, H) float32)."""
 
     def __init__(
-        self,
-        folder: Path,
-        config: dict,
-        backend: Any,
-        dtype: str,
-        tp: Collectives | None = None,
-        tp_rank: int = 0,
+        self, folder: Path, config: dict, backend: Any, dtype: str, tp: Collectives | None = None
     ):
         tp = tp or Solo()
-        self.cfg = BertConfig.from_folder(folder, config)
+        weights = SafetensorsFile(folder / "model.safetensors")
+        self.cfg = BertConfig.from_folder(folder, config, weights.tensors)
         check_heads_split(self.cfg.heads, tp.size, folder / "config.json")
         self.tokenizer = load_tokenizer(folder, self.cfg.max_length)
         self.vocab_size = int(config.get("vocab_size", self.tokenizer.get_vocab_size()))
-        host = read_bert_shard(folder, self.cfg, dtype, tp_rank, tp.size)
-        self.outputs = {"embeddings": ((self.cfg.hidden,), np.dtype("float32"))}
+        host = read_table(weights, self.cfg.shard_table(tp.rank, tp.size), dtype)
+        self.outputs = {"embeddings": OutputSpec((self.cfg.hidden,), np.dtype("float32"))}
         self.bind(backend, dtype, tp, host, partial(bert_forward, cfg=self.cfg))
 
     def predict_items(self, items: list, batch_size: int) -> dict[str, np.ndarray]:
@@ -255,3 +263,7 @@ class BertEmbedder(TextModel):
             "normalize": c.normalize,
             "max_length": c.max_length,
         }
+
+
+def load(folder: Path, config: dict, backend: Any, dtype: str, tp: Collectives, task: str):
+    return BertEmbedder(folder, config, backend, dtype, tp)

@@ -31,22 +31,21 @@ from typing import Any
 
 import numpy as np
 
-from hpcinfer.comm import Collectives, Solo
 from hpcinfer.errors import JobError
 from hpcinfer.io.safetensors_file import SafetensorsFile
-from hpcinfer.models.transformer import (
-    TextModel,
-    attention,
-    check_heads_split,
-    encode_items,
-    gelu_erf,
-    gelu_tanh,
-    layer_norm,
-    load_tokenizer,
-    split_heads,
-    stack_layers,
+from hpcinfer.models.base import OutputSpec
+from hpcinfer.models.shards import Part, ShardTable, read_table, whole
+from hpcinfer.models.text import TextModel, check_heads_split, encode_items, load_tokenizer
+from hpcinfer.models.transformer import attention, gelu_erf, gelu_tanh, layer_norm, split_heads
+from hpcinfer.parallel.partition import split_range, split_slice
+from hpcinfer.parallel.tensor import (
+    Collectives,
+    Solo,
+    column_linear,
+    matmul,
+    reduce_from_tp_region,
+    row_linear,
 )
-from hpcinfer.parallel import column_linear, matmul, reduce_from_tp_region, row_linear, shard_range
 
 ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu", "relu")
 LOGITS_BYTES = 256 * 2**20  # the head runs over as many rows as fit in this at a time
@@ -65,9 +64,11 @@ class Gpt2Config:
     scale_by_layer: bool  # scale_attn_by_inverse_layer_idx
     scale_attn: bool  # scale_attn_weights
     tied: bool
+    prefix: str = ""  # "transformer." when the file's tensor names carry it
 
     @classmethod
-    def from_json(cls, config: dict[str, Any], where: Path) -> Gpt2Config:
+    def from_json(cls, config: dict[str, Any], where: Path, names: Any = ()) -> Gpt2Config:
+        """`names`: the weight file's tensor names (they decide the prefix)."""
         activation = config.get("activation_function", "gelu_new")
         if activation not in ACTIVATIONS:
             raise JobError(
@@ -96,7 +97,86 @@ class Gpt2Config:
             scale_by_layer=bool(config.get("scale_attn_by_inverse_layer_idx", False)),
             scale_attn=bool(config.get("scale_attn_weights", True)),
             tied=bool(config.get("tie_word_embeddings", True)),
+            prefix="transformer." if "transformer.wte.weight" in names else "",
         )
+
+    # -- what `inspect` and the loader share ------------------------------------------
+
+    unit = "token"
+
+    @property
+    def title(self) -> str:
+        return (
+            f"gpt2, {self.layers} layers, hidden {self.hidden}, {self.heads} heads, vocabulary "
+            f"{self.vocab}, {self.positions} positions"
+        )
+
+    def misfit(self, tp: int) -> str | None:
+        if self.heads % tp:
+            return f"tp does not divide the {self.heads} heads"
+        return "tp is larger than the vocabulary" if tp > self.vocab else None
+
+    def shard_table(self, rank: int, size: int) -> ShardTable:
+        """Heads, MLP and vocabulary split over the group; positions and norms whole.
+
+        Conv1D weights are stored (in, out) already, so nothing is transposed; c_attn's
+        columns are [q | k | v], of which this rank reads its heads' columns of each.
+        """
+        p, h = self.prefix, self.hidden
+        heads = split_range(h, rank, size)
+        inner = split_slice(self.inner, rank, size)
+        vocab = split_slice(self.vocab, rank, size)
+        qkv = tuple(slice(j * h + heads.start, j * h + heads.stop) for j in range(3))
+        top = {
+            "wte.weight": Part(p + "wte.weight", rows=(vocab,), expect=(self.vocab, h)),
+            "wpe.weight": whole(p + "wpe.weight", expect=(self.positions, h)),
+            "ln_f.weight": whole(p + "ln_f.weight", expect=(h,)),
+            "ln_f.bias": whole(p + "ln_f.bias", expect=(h,)),
+        }
+        if not self.tied:  # tied: the head is wte itself (one array, not a copy)
+            top["lm_head.weight"] = Part("lm_head.weight", rows=(vocab,), expect=(self.vocab, h))
+        layers = []
+        for i in range(self.layers):
+            n = f"{p}h.{i}."
+            layer = {
+                "attn.c_attn.weight": Part(n + "attn.c_attn.weight", cols=qkv, expect=(h, 3 * h)),
+                "attn.c_attn.bias": Part(n + "attn.c_attn.bias", rows=qkv, expect=(3 * h,)),
+                "attn.c_proj.weight": Part(
+                    n + "attn.c_proj.weight", rows=(slice(heads.start, heads.stop),), expect=(h, h)
+                ),
+                "attn.c_proj.bias": whole(n + "attn.c_proj.bias", expect=(h,)),
+                "mlp.c_fc.weight": Part(
+                    n + "mlp.c_fc.weight", cols=(inner,), expect=(h, self.inner)
+                ),
+                "mlp.c_fc.bias": Part(n + "mlp.c_fc.bias", rows=(inner,), expect=(self.inner,)),
+                "mlp.c_proj.weight": Part(
+                    n + "mlp.c_proj.weight", rows=(inner,), expect=(self.inner, h)
+                ),
+                "mlp.c_proj.bias": whole(n + "mlp.c_proj.bias", expect=(h,)),
+            }
+            for norm in ("ln_1", "ln_2"):
+                for t in ("weight", "bias"):
+                    layer[f"{norm}.{t}"] = whole(f"{n}{norm}.{t}", expect=(h,))
+            layers.append(layer)
+        return ShardTable(top, layers)
+
+    def attention_scales(self, dtype: str) -> np.ndarray:
+        """Each layer's attention scale (the layers' "attn.scale", derived, not stored)."""
+        d = self.hidden // self.heads
+        base = 1.0 / np.sqrt(d) if self.scale_attn else 1.0
+        return np.array(
+            [base / (i + 1 if self.scale_by_layer else 1) for i in range(self.layers)], dtype
+        )
+
+    def collectives(self, tp: int) -> dict[str, int]:
+        if tp == 1:
+            return {"all_reduce": 0, "all_gather": 0, "values_per_row": 0}
+        reduces = 2 * self.layers + 1  # per layer two, and the vocab-parallel embedding
+        return {
+            "all_reduce": reduces,
+            "all_gather": 1,  # log-sum-exp and target logit of each position's vocab slice
+            "values_per_row": reduces * self.hidden + 2 * tp,
+        }
 
 
 def activate(x: Any, name: str, xp: Any, erf: Any) -> Any:
@@ -139,26 +219,30 @@ def gpt2_forward(
     """ids, mask (B, L) -> log p of each next token, (B, L-1), 0 where masked; the same
     on every TP rank."""
     batch, seq = ids.shape
-    x = vocab_lookup(params["wte"], ids, vocab_start, xp, tp) + params["wpe"][:seq]
+    x = vocab_lookup(params["wte.weight"], ids, vocab_start, xp, tp) + params["wpe.weight"][:seq]
     d = cfg.hidden // cfg.heads
     keys = mask[:, None, None, :].astype(x.dtype)  # (B, 1, 1, L)
     causal = xp.tril(xp.ones((seq, seq), dtype=x.dtype))  # query i sees keys 0..i
     bias = (1.0 - causal * keys) * -1e9  # (B, 1, L, L)
 
     def layer(x, p):
-        h = layer_norm(x, p["ln1_w"], p["ln1_b"], cfg.eps, xp)
-        q = split_heads(column_linear(h, p["q_w"], p["q_b"], tp), d, xp)
-        k = split_heads(column_linear(h, p["k_w"], p["k_b"], tp), d, xp)
-        v = split_heads(column_linear(h, p["v_w"], p["v_b"], tp), d, xp)
-        ctx = attention(q, k, v, bias, p["scale"], xp)
-        x = x + row_linear(ctx, p["o_w"], p["o_b"], tp)
-        h = layer_norm(x, p["ln2_w"], p["ln2_b"], cfg.eps, xp)
-        h = activate(column_linear(h, p["fc_w"], p["fc_b"], tp), cfg.activation, xp, erf)
-        return x + row_linear(h, p["proj_w"], p["proj_b"], tp)
+        h = layer_norm(x, *norm(p, "ln_1"), cfg.eps, xp)
+        w, b = p["attn.c_attn.weight"], p["attn.c_attn.bias"]  # this rank's [q | k | v]
+        h_r = w.shape[1] // 3
+        q, k, v = (
+            split_heads(column_linear(h, w[:, s], b[s], tp), d, xp)
+            for s in (slice(j * h_r, (j + 1) * h_r) for j in range(3))
+        )
+        ctx = attention(q, k, v, bias, p["attn.scale"], xp)
+        x = x + row_linear(ctx, p["attn.c_proj.weight"], p["attn.c_proj.bias"], tp)
+        h = layer_norm(x, *norm(p, "ln_2"), cfg.eps, xp)
+        h = column_linear(h, p["mlp.c_fc.weight"], p["mlp.c_fc.bias"], tp)
+        h = activate(h, cfg.activation, xp, erf)
+        return x + row_linear(h, p["mlp.c_proj.weight"], p["mlp.c_proj.bias"], tp)
 
     x = scan(layer, x, params["layers"])
-    x = layer_norm(x, params["lnf_w"], params["lnf_b"], cfg.eps, xp)
-    head = params.get("head", params["wte"])  # its own only when not tied to wte
+    x = layer_norm(x, *norm(params, "ln_f"), cfg.eps, xp)
+    head = params.get("lm_head.weight", params["wte.weight"])  # its own only when untied
     # The head's logits (rows, L-1, V_r) are the largest temporaries: a few rows at a time.
     step = max(1, LOGITS_BYTES // max(1, seq * head.shape[0] * x.dtype.itemsize))
     parts = [
@@ -169,97 +253,42 @@ def gpt2_forward(
     return logp * mask[:, 1:].astype(logp.dtype)
 
 
-def read_gpt2_shard(
-    folder: Path, cfg: Gpt2Config, dtype: str, tp_rank: int, tp: int
-) -> tuple[dict, int]:
-    """This TP rank's tensors, reading only its slices; and its vocabulary's first id."""
-    f = SafetensorsFile(folder / "model.safetensors")
-    prefix = "transformer." if "transformer.wte.weight" in f else ""
-
-    def full(name):
-        return f.read(prefix + name, dtype=dtype)
-
-    def expect(name, shape):
-        if f.info(name).shape != shape:
-            raise JobError(
-                f"{f.path}: {name} has shape {f.info(name).shape}, expected {shape} "
-                "from config.json"
-            )
-
-    vocab = shard_range(cfg.vocab, tp_rank, tp)
-    vocab_rows = slice(vocab.start, vocab.stop)
-    expect(prefix + "wte.weight", (cfg.vocab, cfg.hidden))
-    params = {
-        "wte": f.read(prefix + "wte.weight", rows=vocab_rows, dtype=dtype),
-        "wpe": full("wpe.weight"),
-        "lnf_w": full("ln_f.weight"),
-        "lnf_b": full("ln_f.bias"),
-    }
-    if not cfg.tied:  # tied: the head is wte itself (one array, not a copy)
-        if "lm_head.weight" not in f:
-            raise JobError(f"{f.path}: tie_word_embeddings is false but lm_head.weight is missing")
-        expect("lm_head.weight", (cfg.vocab, cfg.hidden))
-        params["head"] = f.read("lm_head.weight", rows=vocab_rows, dtype=dtype)
-
-    heads = shard_range(cfg.hidden, tp_rank, tp)  # this rank's columns of q, k and v
-    inner = shard_range(cfg.inner, tp_rank, tp)
-    d = cfg.hidden // cfg.heads
-    layers = []
-    for i in range(cfg.layers):
-        n = f"{prefix}h.{i}."
-        expect(n + "attn.c_attn.weight", (cfg.hidden, 3 * cfg.hidden))
-        expect(n + "mlp.c_fc.weight", (cfg.hidden, cfg.inner))
-        layer = {}
-        for j, key in enumerate("qkv"):  # c_attn's columns: [q | k | v], heads in order
-            cols = slice(j * cfg.hidden + heads.start, j * cfg.hidden + heads.stop)
-            layer[f"{key}_w"] = f.read(n + "attn.c_attn.weight", cols=cols, dtype=dtype)
-            layer[f"{key}_b"] = f.read(n + "attn.c_attn.bias", rows=cols, dtype=dtype)
-        layer["o_w"] = f.read(n + "attn.c_proj.weight", rows=_slice(heads), dtype=dtype)
-        layer["o_b"] = f.read(n + "attn.c_proj.bias", dtype=dtype)
-        layer["fc_w"] = f.read(n + "mlp.c_fc.weight", cols=_slice(inner), dtype=dtype)
-        layer["fc_b"] = f.read(n + "mlp.c_fc.bias", rows=_slice(inner), dtype=dtype)
-        layer["proj_w"] = f.read(n + "mlp.c_proj.weight", rows=_slice(inner), dtype=dtype)
-        layer["proj_b"] = f.read(n + "mlp.c_proj.bias", dtype=dtype)
-        for key, name in (("ln1", "ln_1"), ("ln2", "ln_2")):
-            layer[f"{key}_w"] = f.read(n + name + ".weight", dtype=dtype)
-            layer[f"{key}_b"] = f.read(n + name + ".bias", dtype=dtype)
-        scale = (1.0 / np.sqrt(d) if cfg.scale_attn else 1.0) / (i + 1 if cfg.scale_by_layer else 1)
-        layer["scale"] = np.asarray(scale, dtype=dtype)
-        layers.append(layer)
-    params["layers"] = stack_layers(layers)
-    return params, vocab.start
+def norm(p: dict, name: str) -> tuple[Any, Any]:
+    return p[name + ".weight"], p[name + ".bias"]
 
 
-def _slice(r: range) -> slice:
-    return slice(r.start, r.stop)
+def architecture(folder: Path, config: dict, weights: Any) -> Gpt2Config:
+    """What `inspect` describes: the config, with the weight file's naming."""
+    return Gpt2Config.from_json(config, folder / "config.json", weights.tensors)
 
 
 class Gpt2Scorer(TextModel):
     """Texts (or token-id lists) in; `logprob` (float64) and `num_tokens` per text out."""
 
     def __init__(
-        self,
-        folder: Path,
-        config: dict,
-        backend: Any,
-        dtype: str,
-        tp: Collectives | None = None,
-        tp_rank: int = 0,
+        self, folder: Path, config: dict, backend: Any, dtype: str, tp: Collectives | None = None
     ):
         tp = tp or Solo()
         where = folder / "config.json"
-        self.cfg = Gpt2Config.from_json(config, where)
+        weights = SafetensorsFile(folder / "model.safetensors")
+        self.cfg = Gpt2Config.from_json(config, where, weights.tensors)
         check_heads_split(self.cfg.heads, tp.size, where)
         if tp.size > self.cfg.vocab:
             raise JobError(f"{where}: run.tp = {tp.size} is larger than the vocabulary")
+        if not self.cfg.tied and "lm_head.weight" not in weights:
+            raise JobError(
+                f"{weights.path}: tie_word_embeddings is false but lm_head.weight is missing"
+            )
         self.tokenizer = load_tokenizer(folder, self.cfg.positions)
-        host, vocab_start = read_gpt2_shard(folder, self.cfg, dtype, tp_rank, tp.size)
+        host = read_table(weights, self.cfg.shard_table(tp.rank, tp.size), dtype)
+        vocab_start = split_range(self.cfg.vocab, tp.rank, tp.size).start
         self.outputs = {
-            "logprob": ((), np.dtype("float64")),
-            "num_tokens": ((), np.dtype("int64")),
+            "logprob": OutputSpec((), np.dtype("float64")),
+            "num_tokens": OutputSpec((), np.dtype("int64")),
         }
         forward = partial(gpt2_forward, cfg=self.cfg, vocab_start=vocab_start)
-        self.bind(backend, dtype, tp, host, forward)
+        self.bind(backend, dtype, tp, host, forward)  # weight_bytes: what the file holds
+        self.params["layers"]["attn.scale"] = backend.asarray(self.cfg.attention_scales(dtype))
 
     def predict_items(self, items: list, batch_size: int) -> dict[str, np.ndarray]:
         """Scores in input order; texts batched by length so padding stays small."""
@@ -287,3 +316,7 @@ class Gpt2Scorer(TextModel):
             "vocab": c.vocab,
             "max_length": c.positions,
         }
+
+
+def load(folder: Path, config: dict, backend: Any, dtype: str, tp: Collectives, task: str):
+    return Gpt2Scorer(folder, config, backend, dtype, tp)

@@ -26,10 +26,13 @@ from typing import Any
 import numpy as np
 
 from hpcinfer.backends import compile_forward
-from hpcinfer.comm import Collectives, Solo
 from hpcinfer.errors import JobError
 from hpcinfer.io.safetensors_file import SafetensorsFile
-from hpcinfer.parallel import column_linear, row_linear, shard_range, shard_sizes
+from hpcinfer.models.base import InputKind, OutputSpec
+from hpcinfer.models.params import tree_map, tree_nbytes
+from hpcinfer.models.shards import ShardTable, column, read_table, row, whole
+from hpcinfer.parallel.partition import split_sizes, split_slice
+from hpcinfer.parallel.tensor import Collectives, Solo, column_linear, row_linear
 
 # Hidden activations overwrite their input where arrays are mutable (numpy): the input is
 # always a fresh layer output, and a second (B, width) buffer is the forward's peak memory.
@@ -77,24 +80,10 @@ def layer_splits(layer_sizes: tuple[int, ...], tp: int) -> tuple[LayerSplit, ...
         if i % 2:
             splits.append(LayerSplit("row"))
         elif i == n - 1:  # a column layer with no row layer after it
-            splits.append(LayerSplit("column", shard_sizes(layer_sizes[i + 1], tp)))
+            splits.append(LayerSplit("column", tuple(split_sizes(layer_sizes[i + 1], tp))))
         else:
             splits.append(LayerSplit("column"))
     return tuple(splits)
-
-
-def shard_weight_elements(layer_sizes: tuple[int, ...], tp: int, tp_rank: int) -> int:
-    """Weight and bias elements TP rank `tp_rank` holds (what read_mlp_shard reads)."""
-    total = 0
-    for (n_in, n_out), split in zip(
-        itertools.pairwise(layer_sizes), layer_splits(layer_sizes, tp), strict=True
-    ):
-        if split.kind == "column":
-            out_r = len(shard_range(n_out, tp_rank, tp))
-            total += out_r * n_in + out_r
-        else:
-            total += len(shard_range(n_in, tp_rank, tp)) * n_out + n_out
-    return total
 
 
 def collectives_per_batch(layer_sizes: tuple[int, ...], tp: int) -> dict[str, int]:
@@ -114,16 +103,17 @@ def collectives_per_batch(layer_sizes: tuple[int, ...], tp: int) -> dict[str, in
 def mlp_forward(params, x, *, xp, tp, splits, activation: str, output_activation: str):
     """x (B, in) -> (B, out) on every rank of the TP group.
 
-    params: this rank's [(w (in_i or in_i/tp, out_i or out_i/tp), b), ...] per `splits`,
-    w being the transposed nn.Linear weight.
+    params: this rank's "layers.{i}.weight" (in_i or in_i/tp, out_i or out_i/tp), the
+    transposed nn.Linear weight, and "layers.{i}.bias", per `splits`.
     """
     hidden, last = ACTIVATIONS[activation], OUTPUT_ACTIVATIONS[output_activation]
-    for i, ((w, b), split) in enumerate(zip(params, splits, strict=True)):
+    for i, split in enumerate(splits):
+        w, b = params[f"layers.{i}.weight"], params[f"layers.{i}.bias"]
         if split.kind == "row":
             x = row_linear(x, w, b, tp)  # (B, out_i), complete
         else:
             x = column_linear(x, w, b, tp, split.gather_counts)  # (B, out_i/tp) or (B, out_i)
-        x = last(x, xp) if i == len(params) - 1 else hidden(x, xp)
+        x = last(x, xp) if i == len(splits) - 1 else hidden(x, xp)
     return x
 
 
@@ -172,43 +162,43 @@ class MLPConfig:
                     f"(layer_sizes {list(self.layer_sizes)}); use tp <= {width}"
                 )
 
+    # -- what `inspect` and the loader share ------------------------------------------
 
-def read_mlp_shard(
-    folder: Path, config: MLPConfig, dtype: str, tp_rank: int = 0, tp: int = 1
-) -> list[tuple[Any, Any]]:
-    """This TP rank's [(w, b)] as host arrays in `dtype`, reading only its slices.
+    unit = "row"
 
-    The stored weight A is (out_i, in_i); w is its transpose (in_i, out_i), read a few MiB
-    at a time. Column layers keep A's rows `shard_range(out_i)` (w's columns) and those
-    entries of b; row layers keep A's columns `shard_range(in_i)` (w's rows) and all of b
-    (added once, after the sum).
-    """
-    weights = SafetensorsFile(folder / "model.safetensors")
-    params = []
-    splits = layer_splits(config.layer_sizes, tp)
-    for i, (n_in, n_out) in enumerate(itertools.pairwise(config.layer_sizes)):
-        for name, shape in ((f"layers.{i}.weight", (n_out, n_in)), (f"layers.{i}.bias", (n_out,))):
-            info = weights.info(name)
-            if info.shape != shape:
-                raise JobError(
-                    f"{weights.path}: {name} has shape {info.shape}, expected {shape} "
-                    f"from layer_sizes in config.json"
-                )
-        if splits[i].kind == "column":
-            rows = _as_slice(shard_range(n_out, tp_rank, tp))
-            w = weights.read_transposed(f"layers.{i}.weight", rows=rows, dtype=dtype)
-            b = weights.read(f"layers.{i}.bias", rows=rows, dtype=dtype)
-            # w (in_i, out_i/tp), b (out_i/tp,)
-        else:
-            cols = _as_slice(shard_range(n_in, tp_rank, tp))
-            w = weights.read_transposed(f"layers.{i}.weight", cols=cols, dtype=dtype)
-            b = weights.read(f"layers.{i}.bias", dtype=dtype)  # w (in_i/tp, out_i), b (out_i,)
-        params.append((w, b))
-    return params
+    @property
+    def title(self) -> str:
+        return (
+            f"mlp {'-'.join(map(str, self.layer_sizes))}, activation {self.activation}, "
+            f"output {self.output_activation}"
+        )
 
+    def misfit(self, tp: int) -> str | None:
+        try:
+            self.check_tp(tp, Path("config.json"))
+        except JobError:
+            return "a hidden layer narrower than tp"
+        return None
 
-def _as_slice(r: range) -> slice:
-    return slice(r.start, r.stop)
+    def shard_table(self, rank: int, size: int) -> ShardTable:
+        """Column layers keep the stored weight's rows split_slice(out_i) (w's columns) and
+        those entries of b; row layers keep its columns split_slice(in_i) (w's rows) and
+        all of b (added once, after the sum). w is held transposed, (in_i, out_i)."""
+        top = {}
+        splits = layer_splits(self.layer_sizes, size)
+        for i, (n_in, n_out) in enumerate(itertools.pairwise(self.layer_sizes)):
+            w, b = f"layers.{i}.weight", f"layers.{i}.bias"
+            if splits[i].kind == "column":
+                part = split_slice(n_out, rank, size)
+                top[w] = column(w, part, expect=(n_out, n_in))
+                top[b] = column(b, part, transpose=False, expect=(n_out,))
+            else:
+                top[w] = row(w, split_slice(n_in, rank, size), expect=(n_out, n_in))
+                top[b] = whole(b, expect=(n_out,))
+        return ShardTable(top)
+
+    def collectives(self, tp: int) -> dict[str, int]:
+        return collectives_per_batch(self.layer_sizes, tp)
 
 
 class MLP:
@@ -217,10 +207,12 @@ class MLP:
     Every rank of the TP group gets the same rows and returns the same, complete outputs.
     """
 
+    input_kind = InputKind.ROWS
+
     def __init__(
         self,
         config: MLPConfig,
-        params: list,
+        host: dict[str, np.ndarray],
         backend: Any,
         dtype: str,
         tp: Collectives | None = None,
@@ -230,10 +222,10 @@ class MLP:
         self.tp_size = tp.size
         self.backend = backend
         self.dtype = np.dtype(dtype)
-        self.weight_bytes = sum(w.nbytes + b.nbytes for w, b in params)  # this rank's share
-        self.params = [(backend.asarray(w), backend.asarray(b)) for w, b in params]
+        self.weight_bytes = tree_nbytes(host)  # this rank's share
+        self.params = tree_map(backend.asarray, host)
         self.row_shape = (config.layer_sizes[0],)
-        self.outputs = {"outputs": ((config.layer_sizes[-1],), self.dtype)}
+        self.outputs = {"outputs": OutputSpec((config.layer_sizes[-1],), self.dtype)}
         forward = partial(
             mlp_forward,
             xp=backend.xp,
@@ -252,13 +244,13 @@ class MLP:
         backend: Any,
         dtype: str,
         tp: Collectives | None = None,
-        tp_rank: int = 0,
     ) -> MLP:
         tp = tp or Solo()
         mlp_config = MLPConfig.from_json(config, folder / "config.json")
         mlp_config.check_tp(tp.size, folder / "config.json")
-        params = read_mlp_shard(folder, mlp_config, dtype, tp_rank, tp.size)
-        return cls(mlp_config, params, backend, dtype, tp)
+        weights = SafetensorsFile(folder / "model.safetensors")
+        host = read_table(weights, mlp_config.shard_table(tp.rank, tp.size), dtype)
+        return cls(mlp_config, host, backend, dtype, tp)
 
     def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         y = self._forward(self.params, self.backend.asarray(batch))  # (B, out)
@@ -275,6 +267,9 @@ class MLP:
         ]
         return 2 * batch_size * max(widths) * self.dtype.itemsize
 
+    def rank_metrics(self) -> dict[str, float]:
+        return {}
+
     def describe(self) -> dict[str, Any]:
         return {
             "model_type": "mlp",
@@ -282,3 +277,12 @@ class MLP:
             "activation": self.config.activation,
             "output_activation": self.config.output_activation,
         }
+
+
+def architecture(folder: Path, config: dict, weights: Any) -> MLPConfig:
+    """What `inspect` describes."""
+    return MLPConfig.from_json(config, folder / "config.json")
+
+
+def load(folder: Path, config: dict, backend: Any, dtype: str, tp: Collectives, task: str) -> MLP:
+    return MLP.load(folder, config, backend, dtype, tp)

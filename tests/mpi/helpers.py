@@ -14,7 +14,7 @@ import socket
 import pytest
 from mpi4py import MPI
 
-from hpcinfer.runtime import Runtime
+from hpcinfer.parallel.runtime import Runtime
 
 WORLD = MPI.COMM_WORLD
 

@@ -14,9 +14,9 @@ from hpcinfer.engine import run_job
 from hpcinfer.errors import JobError
 from hpcinfer.job import load_job
 from hpcinfer.models import load_model
-from hpcinfer.partition import split_range
-from hpcinfer.runtime import agree
-from hpcinfer.schedule import make_chunks
+from hpcinfer.parallel.partition import split_range
+from hpcinfer.parallel.runtime import agree
+from hpcinfer.schedule.chunks import make_chunks
 from tests.conftest import DATA, DIGITS_JOB
 from tests.mpi.helpers import WORLD, collective, make_runtime
 
@@ -71,7 +71,7 @@ def test_run_job_matches_the_serial_model(rt, shared_tmp):
 
 @collective
 def test_atomic_words_count_without_losing_updates(rt):
-    from hpcinfer.comm import AtomicWords
+    from hpcinfer.parallel.comm import AtomicWords
 
     words = AtomicWords(rt.comm, initial=0)
     for _ in range(200):

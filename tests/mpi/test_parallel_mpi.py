@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from hpcinfer.backends import compile_forward, get_backend
-from hpcinfer.comm import Group, collectives_for
-from hpcinfer.grid import Grid
-from hpcinfer.parallel import column_linear, row_linear, shard_range, shard_sizes
+from hpcinfer.parallel.comm import Group, collectives_for
+from hpcinfer.parallel.grid import Grid
+from hpcinfer.parallel.partition import split_sizes, split_slice
+from hpcinfer.parallel.tensor import column_linear, row_linear
 from tests.mpi.helpers import WORLD, collective
 
 B, IN, OUT = 6, 11, 7  # widths not divisible by 2, 3 or 4
@@ -56,8 +57,8 @@ def test_column_linear_gathered_equals_serial(world_group, backend_name, tp_comm
     backend = get_backend(backend_name, "float64")
     tp = collectives_for(world_group, backend_name, tp_comm)
     x, w, b = serial_weights()
-    rows = as_slice(shard_range(OUT, WORLD.rank, WORLD.size))
-    counts = shard_sizes(OUT, WORLD.size)
+    rows = split_slice(OUT, WORLD.rank, WORLD.size)
+    counts = tuple(split_sizes(OUT, WORLD.size))
 
     def fn(x, w, b):
         return column_linear(x, w, b, tp, counts)
@@ -74,7 +75,7 @@ def test_row_linear_sums_partials_and_adds_the_bias_once(world_group, backend_na
     backend = get_backend(backend_name, "float64")
     tp = collectives_for(world_group, backend_name, tp_comm)
     x, w, b = serial_weights()
-    cols = as_slice(shard_range(IN, WORLD.rank, WORLD.size))
+    cols = split_slice(IN, WORLD.rank, WORLD.size)
 
     def fn(x, w, b):
         return row_linear(x, w, b, tp)

@@ -1,7 +1,7 @@
 """Load balance between DP groups: static blocks, or work stealing with no master.
 
 Every DP group owns a range [head, tail) of chunk indices, packed into one int64 word
-(head << 32 | tail) that any group can read and compare-and-swap (hpcinfer.comm's
+(head << 32 | tail) that any group can read and compare-and-swap (hpcinfer.parallel.comm's
 AtomicWords: MPI passive-target atomics).
 
     owner   takes its next chunk from the head:  (h, t) -> (h + 1, t)
@@ -28,11 +28,14 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from hpcinfer.partition import split_range
+from hpcinfer.parallel.partition import split_range
+
+if TYPE_CHECKING:  # the stealing logic itself is pure: tests and simulations need no MPI
+    from hpcinfer.parallel.grid import Grid
 
 STEAL_RETRIES = 3  # compare-and-swap retries on one victim whose range keeps changing
 # Victims probed before a thief gives up. A thief that stops early loses nothing (every
@@ -140,11 +143,17 @@ class GroupClaims:
     the leaders); the other TP ranks receive each claim by broadcast, -1 meaning "done".
     """
 
-    def __init__(self, grid, n_chunks: int, mode: str, should_stop=None, seed: int = 0):
-        from hpcinfer.comm import AtomicWords
+    def __init__(
+        self,
+        grid: Grid,
+        n_chunks: int,
+        mode: str,
+        should_stop: Callable[[], bool] = lambda: False,
+    ):
+        from hpcinfer.parallel.comm import AtomicWords
 
         self.grid, self.n_chunks, self.mode = grid, n_chunks, mode
-        self.should_stop = should_stop or (lambda: False)
+        self.should_stop = should_stop
         self.stopped = False  # the leader stopped claiming before the work ran out
         self.stealer: Stealer | None = None
         self.words = None
@@ -152,7 +161,7 @@ class GroupClaims:
             self.words = AtomicWords(
                 grid.dp_group.comm, initial_range(n_chunks, grid.dp_rank, grid.dp_size)
             )
-            self.stealer = Stealer(self.words, grid.dp_rank, grid.dp_size, seed)
+            self.stealer = Stealer(self.words, grid.dp_rank, grid.dp_size)
 
     @property
     def stats(self) -> ClaimStats:

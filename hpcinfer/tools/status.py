@@ -7,19 +7,12 @@ beside a running job, as often as one likes.
 
 from __future__ import annotations
 
-import json
-
+from hpcinfer.checkpoint.identity import job_identity
+from hpcinfer.checkpoint.state import Start, partial_dir_for, resume_state
 from hpcinfer.errors import JobError
 from hpcinfer.io.inputs import open_input
 from hpcinfer.job import Job
-from hpcinfer.journal import (
-    FINGERPRINT,
-    fingerprint,
-    job_identity,
-    partial_dir_for,
-    read_progress,
-)
-from hpcinfer.schedule import make_chunks
+from hpcinfer.schedule.chunks import make_chunks
 
 
 def job_status(job: Job) -> str:
@@ -30,17 +23,16 @@ def job_status(job: Job) -> str:
     finally:
         reader.close()
     out, folder = job.output.path, partial_dir_for(job.output.path)
-    if folder.exists():
-        try:
-            recorded = json.loads((folder / FINGERPRINT).read_text())
-        except (OSError, json.JSONDecodeError):
-            return f"{folder}: a partial run that never started properly (it will be discarded)"
-        if recorded.get("fingerprint") != fingerprint(identity):
-            return (
-                f"{folder}: a partial run of a different job (model, input or options "
-                "differ); `run --restart` discards it"
-            )
-        progress = read_progress(folder, n_chunks, verify_files=False)
+    state = resume_state(out, identity, n_chunks, verify_files=False)
+    if state.start is Start.UNREADABLE:
+        return f"{folder}: a partial run that never started properly (it will be discarded)"
+    if state.start is Start.FOREIGN:
+        return (
+            f"{folder}: a partial run of a different job ({', '.join(state.differs)} "
+            "differ); `run --restart` discards it"
+        )
+    if state.start is Start.RESUME:
+        progress = state.progress
         line = (
             f"{job.source}: partial run, {len(progress.done)} / {n_chunks} chunks done, "
             f"{progress.rows:,} / {n_rows:,} rows ({progress.rows / max(1, n_rows):.1%})"
@@ -48,9 +40,12 @@ def job_status(job: Job) -> str:
         if progress.rejected:
             line += f"; {len(progress.rejected)} journal record(s) not trusted (redone on resume)"
         return line
-    if out.exists():
+    if state.start is Start.COMPLETE:
         return f"{job.source}: complete: {out}"
-    return f"{job.source}: not started ({n_chunks} chunks, {n_rows:,} rows)"
+    line = f"{job.source}: not started ({n_chunks} chunks, {n_rows:,} rows)"
+    if out.exists():
+        line += f"; {out} exists but is not this job's finished output"
+    return line
 
 
 def main(job: Job) -> int:

@@ -12,15 +12,15 @@ its all-reduces stay in shared memory). Example: 8 ranks, tp = 2
     dp groups: {0,2,4,6} {1,3,5,7}              same slice, different rows
 
 The TP rank 0 of each group (its leader) writes the group's results. Models and kernels
-see only `Group` objects (hpcinfer.comm), never the world communicator.
+see only `Group` objects (hpcinfer.parallel.comm), never the world communicator.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hpcinfer.comm import Group
 from hpcinfer.errors import JobError
+from hpcinfer.parallel.comm import Group
 
 
 def grid_coords(rank: int, tp: int) -> tuple[int, int]:

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from hpcinfer import faults
 from hpcinfer.errors import RunError
+from hpcinfer.models.base import OutputSpec
 
 MAGIC = b"HPCINFER-CHUNK-1"
 ALIGN = 64
@@ -74,10 +74,10 @@ def _align(n: int) -> int:
 
 
 def chunk_layout(
-    rows: int, outputs: dict[str, tuple[tuple[int, ...], Any]]
+    rows: int, outputs: dict[str, OutputSpec]
 ) -> tuple[bytes, dict[str, ArraySlot], int]:
     """(bytes before the first array, where each array goes, the file's size)."""
-    entries = [(name, np.dtype(dtype), (rows, *shape)) for name, (shape, dtype) in outputs.items()]
+    entries = [(name, np.dtype(o.dtype), (rows, *o.shape)) for name, o in outputs.items()]
 
     def header(offsets: list[int]) -> bytes:
         arrays = [
@@ -103,7 +103,9 @@ class ChunkFile:
     """One chunk's file while its rows are computed: filled in row order, batch by batch,
     then committed (durable, renamed into place) or discarded."""
 
-    def __init__(self, store: ChunkStore, index: int, rows: int, outputs: dict) -> None:
+    def __init__(
+        self, store: ChunkStore, index: int, rows: int, outputs: dict[str, OutputSpec]
+    ) -> None:
         self.index, self.path = index, store.path(index)
         self.durable = store.durable
         self.rows = rows
@@ -143,14 +145,7 @@ class ChunkFile:
                 self._pwrite(
                     values.reshape(-1).view(np.uint8), slot.offset + start * slot.row_bytes
                 )
-        first = self.rows_written == 0
         self.rows_written += n or 0
-        if first:
-            faults.at_point("write")  # tests kill the process here, mid-file
-
-    def write(self, arrays: dict[str, Any]) -> None:
-        """All of the chunk's rows at once."""
-        self.write_rows(0, arrays)
 
     def commit(self) -> int:
         """Make the file durable under its final name; returns its CRC-32."""
@@ -208,8 +203,8 @@ class ChunkStore:
     def path(self, index: int) -> Path:
         return self.folder / f"chunk-{index:08d}.bin"
 
-    def create(self, index: int, rows: int, outputs: dict) -> ChunkFile:
-        """A new file for chunk `index`: `outputs` maps name -> (row shape, dtype)."""
+    def create(self, index: int, rows: int, outputs: dict[str, OutputSpec]) -> ChunkFile:
+        """A new file for chunk `index`, sized for `outputs` (the model's datasets)."""
         return ChunkFile(self, index, rows, outputs)
 
     def read(self, index: int) -> dict[str, np.ndarray]:

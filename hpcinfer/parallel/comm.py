@@ -1,6 +1,6 @@
 """Collectives over numpy, JAX and CuPy arrays: the one place where data meets MPI.
 
-Models never call MPI. They call `parallel.row_linear(x, w, b, tp)`, and `tp` is a
+Models never call MPI. They call `hpcinfer.parallel.tensor.row_linear(x, w, b, tp)`, and `tp` is a
 `Collectives` object from `collectives_for(group, backend)`, chosen once per run:
 
     backend  run.tp_comm  how tensors cross ranks ("auto": the first, or mpi4jax for jax
@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import importlib.util
 import time
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from mpi4py import MPI
 
 from hpcinfer.errors import JobError
+from hpcinfer.parallel.tensor import Collectives, Solo
 
 
 class Group:
@@ -125,37 +126,11 @@ class AtomicWords:
         self.win.Free()
 
 
-class Collectives(Protocol):
-    """What tensor-parallel kernels need from their group."""
-
-    size: int
-    traceable: bool  # may be called inside jax.jit
-
-    def all_reduce(self, x: Any) -> Any:
-        """Element-wise sum over the group."""
-
-    def all_gather_last(self, x: Any, counts: tuple[int, ...]) -> Any:
-        """Shards (..., counts[r]) from every rank -> (..., sum(counts)), in rank order."""
-
-
-class Solo:
-    """A group of one: nothing to communicate."""
-
-    size = 1
-    traceable = True
-
-    def all_reduce(self, x: Any) -> Any:
-        return x
-
-    def all_gather_last(self, x: Any, counts: tuple[int, ...]) -> Any:
-        return x
-
-
 class NumpyCollectives:
     traceable = False
 
     def __init__(self, group: Group):
-        self.group, self.size = group, group.size
+        self.group, self.rank, self.size = group, group.rank, group.size
 
     def all_reduce(self, x: np.ndarray) -> np.ndarray:
         if not (x.flags.c_contiguous and x.flags.writeable):
@@ -180,7 +155,7 @@ class JaxHostCollectives:
 
         self.jax = jax
         self.host = NumpyCollectives(group)
-        self.size = group.size
+        self.rank, self.size = group.rank, group.size
 
     def all_reduce(self, x: Any) -> Any:
         return self.jax.device_put(self.host.all_reduce(np.array(x)))
@@ -205,7 +180,7 @@ class JaxMpi4jaxCollectives:
 
         self.mpi4jax = mpi4jax
         self.comm = group.comm.Clone()
-        self.size = group.size
+        self.rank, self.size = group.rank, group.size
 
     def all_reduce(self, x: Any) -> Any:
         return self.mpi4jax.allreduce(x, op=MPI.SUM, comm=self.comm)
@@ -231,7 +206,8 @@ class CupyCollectives:
 
         if mode not in self.MODES:
             raise ValueError(f"cupy collectives: mode {mode!r} not in {self.MODES}")
-        self.cp, self.group, self.mode, self.size = cupy, group, mode, group.size
+        self.cp, self.group, self.mode = cupy, group, mode
+        self.rank, self.size = group.rank, group.size
         self.host = NumpyCollectives(group)
         self.nccl = None
         if mode == "nccl":

@@ -16,11 +16,12 @@ import queue
 import threading
 import time
 
-from hpcinfer.io.chunk_store import ChunkFile
+from hpcinfer.checkpoint.chunk_files import ChunkFile
+from hpcinfer.checkpoint.journal import ChunkRecord, ChunkRun, JournalWriter
 
 
 class ChunkWriter:
-    def __init__(self, journal=None, depth: int = 2):
+    def __init__(self, journal: JournalWriter | None = None, depth: int = 2):
         self.journal = journal
         self.seconds = 0.0  # time the writer thread spent committing (overlapped)
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
@@ -28,10 +29,10 @@ class ChunkWriter:
         self._thread = threading.Thread(target=self._run, name="chunk-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, chunk: ChunkFile, **facts) -> None:
+    def submit(self, chunk: ChunkFile, run: ChunkRun) -> None:
         """Queue a filled chunk file for commit (blocks while `depth` wait)."""
         self._raise_if_failed()
-        self._queue.put((chunk, facts))
+        self._queue.put((chunk, run))
 
     def close(self) -> None:
         """Wait until every queued chunk is durable and recorded."""
@@ -43,7 +44,7 @@ class ChunkWriter:
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
-            chunk, facts = item
+            chunk, run = item
             if self._error is not None:
                 chunk.discard()  # drain: the compute thread will raise
                 continue
@@ -51,7 +52,7 @@ class ChunkWriter:
             try:
                 crc = chunk.commit()
                 if self.journal is not None:
-                    self.journal.record(chunk.index, chunk.rows, crc, **facts)
+                    self.journal.record(ChunkRecord(chunk.index, chunk.rows, crc, run))
             except BaseException as e:  # handed to the compute thread
                 self._error = e
             self.seconds += time.perf_counter() - t0

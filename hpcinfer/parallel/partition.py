@@ -20,3 +20,9 @@ def split_range(n: int, rank: int, size: int) -> range:
 def split_sizes(n: int, size: int) -> list[int]:
     """len(split_range(n, r, size)) for every rank r."""
     return [len(split_range(n, r, size)) for r in range(size)]
+
+
+def split_slice(n: int, rank: int, size: int) -> slice:
+    """split_range as a slice, for indexing arrays and reading tensor slices."""
+    r = split_range(n, rank, size)
+    return slice(r.start, r.stop)

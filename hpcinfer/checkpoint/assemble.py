@@ -16,8 +16,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from hpcinfer.io.chunk_store import ChunkStore, fsync_dir
-from hpcinfer.schedule import Chunk
+from hpcinfer.checkpoint.chunk_files import ChunkStore, fsync_dir
+from hpcinfer.models.base import OutputSpec
+from hpcinfer.schedule.chunks import Chunk
 
 
 def assemble_output(
@@ -25,7 +26,7 @@ def assemble_output(
     store: ChunkStore,
     chunks: Iterable[Chunk],
     n_rows: int,
-    outputs: dict[str, tuple[tuple[int, ...], np.dtype]],
+    outputs: dict[str, OutputSpec],
     attrs: dict[str, Any],
     run_records: dict[str, np.ndarray] | None = None,
 ) -> None:
@@ -36,8 +37,8 @@ def assemble_output(
     tmp = store.folder / f"assembling-{final_path.name}"
     with h5py.File(tmp, "w") as f:
         datasets = {
-            name: f.create_dataset(name, shape=(n_rows, *shape), dtype=dtype)
-            for name, (shape, dtype) in outputs.items()
+            name: f.create_dataset(name, shape=(n_rows, *o.shape), dtype=o.dtype)
+            for name, o in outputs.items()
         }
         for chunk in chunks:
             arrays = store.read(chunk.index)

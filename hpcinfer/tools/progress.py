@@ -12,14 +12,8 @@ import sys
 import threading
 import time
 
-from hpcinfer.comm import AtomicWords
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(seconds)
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+from hpcinfer.parallel.comm import AtomicWords
+from hpcinfer.tools.format import format_duration
 
 
 def progress_line(done: int, total: int, new_rows: int, elapsed: float) -> str:

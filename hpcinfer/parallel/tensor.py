@@ -1,7 +1,7 @@
 """Tensor-parallel kernels (Megatron-style), written once for numpy, JAX and CuPy arrays.
 
 Three tiers, as in Megatron's tensor_parallel package:
-  1. collectives on a group            hpcinfer.comm (`tp.all_reduce`, `tp.all_gather_last`)
+  1. collectives on a group            a `Collectives` (below; MPI ones in hpcinfer.parallel.comm)
   2. named region operations           reduce_from_tp_region, gather_from_tp_region
   3. layers                            column_linear, row_linear
 
@@ -19,24 +19,53 @@ materialised) is split over a TP group of `tp` ranks:
 A column-parallel layer feeding a row-parallel one needs no communication between them
 (the column layer's output slice is exactly the row layer's input slice), so an MLP
 block of two layers costs one all-reduce. Uneven splits are allowed: a dimension of n
-over tp ranks gives the first n % tp ranks one more row (hpcinfer.partition).
+over tp ranks gives the first n % tp ranks one more row (hpcinfer.parallel.partition).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
-from hpcinfer.comm import Collectives
-from hpcinfer.partition import split_range, split_sizes
-
-
-def shard_range(n: int, tp_rank: int, tp: int) -> range:
-    """Indices of a dimension of size n held by tp_rank."""
-    return split_range(n, tp_rank, tp)
+from hpcinfer.parallel.partition import split_range, split_sizes
 
 
-def shard_sizes(n: int, tp: int) -> tuple[int, ...]:
-    return tuple(split_sizes(n, tp))
+class Collectives(Protocol):
+    """What tensor-parallel kernels need from their group."""
+
+    rank: int  # this rank's place in the group: which slice of every weight it holds
+    size: int
+    traceable: bool  # may be called inside jax.jit
+
+    def all_reduce(self, x: Any) -> Any:
+        """Element-wise sum over the group."""
+
+    def all_gather_last(self, x: Any, counts: tuple[int, ...]) -> Any:
+        """Shards (..., counts[r]) from every rank -> (..., sum(counts)), in rank order."""
+
+
+class Solo:
+    """A group of one: nothing to communicate."""
+
+    rank = 0
+    size = 1
+    traceable = True
+
+    def all_reduce(self, x: Any) -> Any:
+        return x
+
+    def all_gather_last(self, x: Any, counts: tuple[int, ...]) -> Any:
+        return x
+
+
+def shard(n: int, tp: Collectives) -> slice:
+    """The slice of a dimension of size n that this rank of the TP group holds."""
+    r = split_range(n, tp.rank, tp.size)
+    return slice(r.start, r.stop)
+
+
+def shard_sizes(n: int, tp: Collectives) -> tuple[int, ...]:
+    """Every rank's share of a dimension of size n, in rank order (for all-gathers)."""
+    return tuple(split_sizes(n, tp.size))
 
 
 def matmul(x: Any, w: Any) -> Any:

@@ -67,9 +67,6 @@ def start(requested_threads: int = 0) -> Runtime:
     """Initialise MPI and limit this rank's threads; call before importing numpy."""
     from mpi4py import MPI
 
-    from hpcinfer import stop
-
-    stop.install()
     comm = MPI.COMM_WORLD.Dup()
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)
     local_rank, local_size = node.Get_rank(), node.Get_size()

@@ -1,0 +1,1 @@
+"""Test-only machinery (fault injection). Never imported by production code paths."""
