@@ -102,6 +102,7 @@ def test_every_supported_type_reads_whole_and_in_slices(every_type, monkeypatch)
             (slice(36, 37), slice(256, 512)),  # block-aligned
             (slice(10, 30), slice(511, 512)),
             (slice(2, 9), slice(0, 1)),
+            (slice(2, 9), slice(40, 40)),  # no columns
         ]:
             np.testing.assert_array_equal(
                 f.read(name, rows=rows, cols=cols), ref[rows, cols], err_msg=f"{name} {rows} {cols}"

@@ -334,3 +334,25 @@ def test_gguf_tokens_of_the_wrong_type(tmp_path):
     w.close()
     with pytest.raises(JobError, match="tokens must be a non-empty list of strings"):
         load_tokenizer(GgufFile(tmp_path / "t.gguf"), 8)
+
+
+SPLIT_TEXT = "Hello, world!! It's 1234567 \t\n  ok"
+SPLITS = {
+    # llama.cpp's fallback: punctuation runs first (so "It's" loses its contraction),
+    # then GPT-2's regex, then digit runs cut in threes
+    "default": ["Hello", ",", "Ġworld", "!!", "ĠIt", "'", "s", "Ġ", "123", "456", "7"],
+    "gpt-2": ["Hello", ",", "Ġworld", "!!", "ĠIt", "'s", "Ġ1234567"],
+    "smollm": ["Hello", ",", "Ġworld", "!!", "ĠIt", "'s", "Ġ", *"1234567"],
+    "llama-bpe": ["Hello", ",", "Ġworld", "!!", "ĠIt", "'s", "Ġ", "123", "456", "7"],
+    "qwen2": ["Hello", ",", "Ġworld", "!!", "ĠIt", "'s", "Ġ", *"1234567"],
+}
+GPT2_TAIL = ["ĠĉĊĠ", "Ġok"]  # \s+(?!\S) keeps the last space for " ok"
+LLAMA3_TAIL = ["ĠĉĊ", "Ġ", "Ġok"]  # \s*[\r\n]+ ends at the newline
+
+
+@pytest.mark.parametrize("pre_name", list(SPLITS))
+def test_gguf_pre_tokenizers_split_as_llama_cpp(tmp_path, pre_name):
+    tok = load_tokenizer(GgufFile(tiny_gguf(tmp_path / "t.gguf", pre=pre_name)), 64)
+    pieces = [p for p, _ in tok.tokenizer.pre_tokenizer.pre_tokenize_str(SPLIT_TEXT)]
+    tail = LLAMA3_TAIL if pre_name in ("llama-bpe", "qwen2") else GPT2_TAIL
+    assert pieces == SPLITS[pre_name] + tail

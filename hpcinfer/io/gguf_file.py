@@ -230,7 +230,7 @@ class GgufFile:
         out = np.empty((n_rows, c1 - c0), dtype=dtype)
         step = max(1, DECODE_BLOCK_BYTES // max(1, 4 * row_elems))
         with self.path.open("rb") as f:
-            for i in range(0, n_rows, step):
+            for i in range(0, n_rows if c1 > c0 else 0, step):
                 m = min(step, n_rows - i)
                 raw = _pread(f, info.begin + (r0 + i) * row_bytes, m * row_bytes, name)
                 raw = raw.reshape(m, row_bytes)
