@@ -13,7 +13,7 @@ time and cuts. Nothing holds more than the result plus one such block.
 The header is parsed here rather than by `gguf.GGUFReader`, which walks arrays element by
 element with no bound (a corrupt array length spins instead of failing), reports damage
 as bare ValueError/IndexError, and takes ~2 s for SmolLM2's 100k-string vocabulary
-(here ~0.1 s). Every length and count is checked against the file's size before anything
+(here 0.12-0.2 s). Every length and count is checked against the file's size before anything
 is allocated. The `gguf` package supplies the type table and most dequantizers; Q4_0,
 Q4_1 and Q8_0 (SmolLM2's types) are this module's own numpy, about twice as fast and
 bit-identical (the tests check), and so is Q8_K, which gguf cannot dequantize. Data is
