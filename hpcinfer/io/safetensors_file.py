@@ -312,7 +312,9 @@ def _read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     metadata = header.pop("__metadata__", None)
     metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise JobError(f"{path}: __metadata__ must be an object of strings, not {_show(metadata)}")
+        raise JobError(
+            f"{path}: __metadata__ must be an object of strings, not {short_repr(metadata)}"
+        )
     data_start = len(raw)
     tensors = {
         name: _tensor_info(path, name, entry, data_start, size) for name, entry in header.items()
@@ -323,25 +325,25 @@ def _read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
 
 def _tensor_info(path: Path, name: str, entry: object, data_start: int, size: int) -> TensorInfo:
     """One header entry, every field checked, as a TensorInfo with absolute offsets."""
-    at = f"{path}: tensor {_show(name)}"
+    at = f"{path}: tensor {short_repr(name)}"
     if not isinstance(entry, dict):
-        raise JobError(f"{at}: header entry is {_show(entry)}, not an object")
+        raise JobError(f"{at}: header entry is {short_repr(entry)}, not an object")
     if missing := [k for k in ("dtype", "shape", "data_offsets") if k not in entry]:
         raise JobError(f"{at}: header entry has no {', '.join(missing)}")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     if not isinstance(dtype, str) or dtype not in STORED_DTYPES:
         known = ", ".join(STORED_DTYPES)
-        raise JobError(f"{at}: unsupported dtype {_show(dtype)} (this reader knows {known})")
+        raise JobError(f"{at}: unsupported dtype {short_repr(dtype)} (this reader knows {known})")
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
-        raise JobError(f"{at}: shape {_show(shape)} is not a list of non-negative integers")
+        raise JobError(f"{at}: shape {short_repr(shape)} is not a list of non-negative integers")
     if len(shape) > MAX_DIMS:
         raise JobError(f"{at}: shape has {len(shape)} dims, more than {MAX_DIMS}")
     elements = math.prod(shape)
     if elements > INT64_MAX or any(d > INT64_MAX for d in shape):
-        raise JobError(f"{at}: shape {_show(shape)} overflows int64")
+        raise JobError(f"{at}: shape {short_repr(shape)} overflows int64")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_count, offsets))):
         raise JobError(
-            f"{at}: data_offsets {_show(offsets)} is not a list of two non-negative integers"
+            f"{at}: data_offsets {short_repr(offsets)} is not a list of two non-negative integers"
         )
     begin, end = offsets
     if begin > end:
@@ -355,7 +357,7 @@ def _tensor_info(path: Path, name: str, entry: object, data_start: int, size: in
     if end - begin != needed:
         raise JobError(
             f"{at}: data offsets [{begin}, {end}) hold {end - begin} bytes but shape "
-            f"{_show(shape)} {dtype} needs {needed}"
+            f"{short_repr(shape)} {dtype} needs {needed}"
         )
     return TensorInfo(dtype, tuple(shape), data_start + begin, data_start + end)
 
@@ -366,7 +368,9 @@ def _check_no_overlap(path: Path, tensors: dict[str, TensorInfo]) -> None:
     spans = sorted((t.begin, t.end, name) for name, t in tensors.items() if t.nbytes)
     for (_, end_a, a), (begin_b, _, b) in itertools.pairwise(spans):
         if begin_b < end_a:
-            raise JobError(f"{path}: tensors {_show(a)} and {_show(b)} overlap in the file")
+            raise JobError(
+                f"{path}: tensors {short_repr(a)} and {short_repr(b)} overlap in the file"
+            )
 
 
 def _check_size(path: Path, name: str, info: TensorInfo, size: int) -> None:
@@ -418,7 +422,7 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
     out: dict[str, object] = {}
     for key, value in pairs:
         if key in out:
-            raise ValueError(f"duplicate key {_show(key)}")
+            raise ValueError(f"duplicate key {short_repr(key)}")
         out[key] = value
     return out
 
@@ -427,7 +431,7 @@ def _no_constant(name: str) -> object:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _show(value: object, limit: int = 60) -> str:
+def short_repr(value: object, limit: int = 60) -> str:
     """repr, shortened: the file's own strings must not make a message long or multi-line."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
