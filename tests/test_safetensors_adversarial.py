@@ -64,6 +64,7 @@ def short_read(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def low_memory(transposed: bool = False) -> Callable[[Path, pytest.MonkeyPatch], None]:
     def act(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(sf, "available_memory_bytes", lambda: 10)
+        monkeypatch.setattr(sf, "MEMORY_CHECK_MIN_BYTES", 0)
         f = SafetensorsFile(path)
         if transposed:
             f.read_transposed(T)
@@ -228,6 +229,7 @@ def test_memory_is_checked_against_the_read_not_the_tensor(tmp_path, monkeypatch
     path = tmp_path / "ok.safetensors"
     path.write_bytes(st_bytes(GOOD_2x2, F32x4))
     monkeypatch.setattr(sf, "available_memory_bytes", lambda: 8)
+    monkeypatch.setattr(sf, "MEMORY_CHECK_MIN_BYTES", 0)
     assert SafetensorsFile(path).read(T, rows=slice(1, 2)).tolist() == [[2.0, 3.0]]
 
 

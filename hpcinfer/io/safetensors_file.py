@@ -50,6 +50,9 @@ MAX_DIMS = 32  # numpy 1.x's limit on ndim (numpy 2 allows 64)
 INT64_MAX = 2**63 - 1
 TRANSPOSE_BLOCK_BYTES = 2**20  # read_transposed works through this many bytes at a time
 FINITE_BLOCK_ELEMENTS = 2**20  # nonfinite_count's temporary mask is at most this long
+# Reads smaller than this skip the memory check (a /proc lookup, ~60 us): they cannot be
+# the allocation that sinks a node, and read_transposed makes many of them.
+MEMORY_CHECK_MIN_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -244,6 +247,8 @@ class SafetensorsFile:
         """Refuse a read whose buffers would exceed the memory available, before any is
         taken (the header guarantees the bytes exist; a sparse file can still claim TiB)."""
         need = math.prod(shape) * bytes_per_element
+        if need < MEMORY_CHECK_MIN_BYTES:
+            return
         avail = available_memory_bytes()
         if avail is not None and need > avail:
             raise JobError(
