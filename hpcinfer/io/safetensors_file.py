@@ -5,15 +5,25 @@ data_offsets}}, then the raw row-major data. Parsing it here (rather than throug
 `safetensors.numpy`) buys four things: BF16 (numpy has no bfloat16), slices along
 rows *or* columns without reading the whole tensor (tensor-parallel loading), transposed
 reads without a second full copy, and header-only inspection. Nothing is ever unpickled.
+
+A model file is user input, so every field of the header is checked before it is used:
+a damaged or hostile file is one JobError line naming the file and the tensor, never a
+traceback, a MemoryError or an allocation sized by a number the file made up. Every read
+is checked against the file's current size and the memory available before a buffer is
+taken.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -29,11 +39,20 @@ STORED_DTYPES = {
     "I32": np.dtype("<i4"),
     "I16": np.dtype("<i2"),
     "I8": np.dtype("i1"),
+    "U64": np.dtype("<u8"),
+    "U32": np.dtype("<u4"),
+    "U16": np.dtype("<u2"),
     "U8": np.dtype("u1"),
     "BOOL": np.dtype("?"),
 }
-MAX_HEADER_BYTES = 100 * 2**20
+MAX_HEADER_BYTES = 100 * 2**20  # the reference implementation's limit
+MAX_DIMS = 32  # numpy 1.x's limit on ndim (numpy 2 allows 64)
+INT64_MAX = 2**63 - 1
 TRANSPOSE_BLOCK_BYTES = 2**20  # read_transposed works through this many bytes at a time
+FINITE_BLOCK_ELEMENTS = 2**20  # nonfinite_count's temporary mask is at most this long
+# Reads smaller than this skip the memory check (a /proc lookup, ~60 us): they cannot be
+# the allocation that sinks a node, and read_transposed makes many of them.
+MEMORY_CHECK_MIN_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -51,6 +70,74 @@ class TensorInfo:
 def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
     """bfloat16 bits (as uint16) -> float32: they are the top half of a float32."""
     return (raw.astype(np.uint32) << 16).view(np.float32)
+
+
+def nonfinite_count(array: np.ndarray) -> int:
+    """How many NaN or +-Inf values `array` holds (none in integer or bool arrays).
+
+    Counted a block of rows at a time, so checking a large weight costs no mask as big as
+    the weight and no copy of a strided view.
+    """
+    a = np.asarray(array)
+    if a.dtype.kind in "biu":
+        return 0
+    if a.ndim == 0:
+        return int(not np.isfinite(a))
+    step = max(1, FINITE_BLOCK_ELEMENTS // max(1, a[0].size if len(a) else 1))
+    return sum(
+        int(a[i : i + step].size - np.count_nonzero(np.isfinite(a[i : i + step])))
+        for i in range(0, len(a), step)
+    )
+
+
+def available_memory_bytes() -> int | None:
+    """Memory a new allocation can count on: MemAvailable, capped by a cgroup limit.
+
+    MemAvailable is the kernel's own estimate (free memory plus reclaimable page cache).
+    A cgroup (a SLURM job's --mem) can allow less than the node has; only its limit is
+    used, not its usage, which counts page cache the kernel would reclaim. None where
+    neither can be read (then reads are not refused for memory).
+    """
+    found = [m for m in (_meminfo_available(), _cgroup_limit()) if m is not None]
+    return min(found) if found else None
+
+
+def _meminfo_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:  # not Linux: free pages (an underestimate, but the best the OS says)
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _cgroup_limit() -> int | None:
+    """This process's cgroup memory limit (v2 memory.max or v1 limit_in_bytes), if set."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, where = line.split(":", 2)
+        if controllers == "":
+            root, name = Path("/sys/fs/cgroup"), "memory.max"
+        elif "memory" in controllers.split(","):
+            root, name = Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes"
+        else:
+            continue
+        # Inside a container the cgroup is mounted as the root: try its own path, then /.
+        for folder in (root / where.lstrip("/"), root):
+            try:
+                limit = int((folder / name).read_text())
+            except (OSError, ValueError):  # absent, or "max" (no limit)
+                continue
+            return limit if limit < 2**60 else None  # v1 writes "no limit" as ~2**63
+    return None
 
 
 class SafetensorsFile:
@@ -74,38 +161,58 @@ class SafetensorsFile:
         rows: slice = slice(None),
         cols: slice = slice(None),
         dtype: np.dtype | str | None = None,
+        check_finite: bool = False,
     ) -> np.ndarray:
-        """Tensor `name`[rows, cols] (cols only for 2-D), cast to `dtype` if given."""
+        """Tensor `name`[rows, cols] (cols only for 2-D), cast to `dtype` if given.
+
+        check_finite: a NaN or Inf in the result (after the cast) is a JobError naming
+        the tensor, for loaders that must not run a model on broken weights.
+        """
         info = self.info(name)
         stored = STORED_DTYPES[info.dtype]
         shape = info.shape or (1,)
-        r0, r1, rstep = rows.indices(shape[0])
-        if rstep != 1:
-            raise ValueError("row slices must be contiguous")
-        row_elems = int(np.prod(shape[1:], dtype=np.int64))
-        row_bytes = row_elems * stored.itemsize
-        n_rows = max(0, r1 - r0)
-        full_cols = len(shape) < 2 or cols.indices(shape[1]) == (0, shape[1], 1)
-        if not full_cols and len(shape) != 2:
-            raise ValueError("column slices are supported for 2-D tensors only")
-        with self.path.open("rb") as f:
-            if full_cols:
-                data = _pread(f, info.begin + r0 * row_bytes, n_rows * row_bytes, stored)
-                data = data.reshape((n_rows, *shape[1:]))
-            else:
-                c0, c1, cstep = cols.indices(shape[1])
-                if cstep != 1:
-                    raise ValueError("column slices must be contiguous")
-                # Row by row, straight into the result: no buffer beyond the slice itself.
-                data = np.empty((n_rows, max(0, c1 - c0)), dtype=stored)
-                for i in range(n_rows):
-                    offset = info.begin + (r0 + i) * row_bytes + c0 * stored.itemsize
-                    _pread_into(f, offset, memoryview(data[i]).cast("B"))
+        r0, r1 = _contiguous(rows, shape[0], "row")
+        row_bytes = math.prod(shape[1:]) * stored.itemsize
+        n_rows = r1 - r0
+        if len(shape) == 2:
+            c0, c1 = _contiguous(cols, shape[1], "column")
+            full_cols = (c0, c1) == (0, shape[1])
+        elif cols != slice(None):
+            raise ValueError(f"{name}: column slices need a 2-D tensor, got shape {info.shape}")
+        else:
+            full_cols = True
+        out_shape = (n_rows, *shape[1:]) if full_cols else (n_rows, c1 - c0)
+        # Peak: the stored bytes, plus the float32 decoding of BF16, plus a cast copy.
+        decoded = np.dtype(np.float32) if info.dtype == "BF16" else stored
+        per_element = stored.itemsize + (decoded.itemsize if decoded != stored else 0)
+        if dtype is not None and np.dtype(dtype) != decoded:
+            per_element += np.dtype(dtype).itemsize
+        self._check_memory(name, out_shape, per_element)
+        try:
+            with self.path.open("rb") as f:
+                _check_size(self.path, name, info, _current_size(f))
+                if full_cols:
+                    data = np.empty(out_shape, dtype=stored)
+                    offset = info.begin + r0 * row_bytes
+                    _pread_into(f, self.path, name, offset, memoryview(data).cast("B"))
+                else:
+                    # Row by row, straight into the result: no buffer beyond the slice itself.
+                    data = np.empty(out_shape, dtype=stored)
+                    for i in range(n_rows):
+                        offset = info.begin + (r0 + i) * row_bytes + c0 * stored.itemsize
+                        _pread_into(f, self.path, name, offset, memoryview(data[i]).cast("B"))
+        except OSError as e:
+            raise JobError(f"{self.path}: tensor {name!r}: cannot read ({_oserror(e)})") from None
         if not info.shape:
             data = data.reshape(())
         if info.dtype == "BF16":
             data = bf16_to_f32(data)
-        return data if dtype is None else data.astype(dtype, copy=False)
+        if dtype is not None:
+            with np.errstate(over="ignore" if check_finite else "warn"):  # reported below
+                data = data.astype(dtype, copy=False)
+        if check_finite:
+            self._check_finite(name, data, cast=dtype is not None)
+        return data
 
     def read_transposed(
         self,
@@ -113,6 +220,7 @@ class SafetensorsFile:
         rows: slice = slice(None),
         cols: slice = slice(None),
         dtype: np.dtype | str = "float32",
+        check_finite: bool = False,
     ) -> np.ndarray:
         """Tensor `name`[rows, cols].T of a 2-D tensor, C-contiguous, in `dtype`.
 
@@ -121,62 +229,229 @@ class SafetensorsFile:
         info = self.info(name)
         if len(info.shape) != 2:
             raise ValueError(f"{name}: read_transposed needs a 2-D tensor, got {info.shape}")
-        r0, r1, _ = rows.indices(info.shape[0])
-        c0, c1, _ = cols.indices(info.shape[1])
-        n_rows, n_cols = max(0, r1 - r0), max(0, c1 - c0)
+        r0, r1 = _contiguous(rows, info.shape[0], "row")
+        c0, c1 = _contiguous(cols, info.shape[1], "column")
+        n_rows, n_cols = r1 - r0, c1 - c0
+        self._check_memory(name, (n_cols, n_rows), np.dtype(dtype).itemsize)
         out = np.empty((n_cols, n_rows), dtype=dtype)
         block = max(1, TRANSPOSE_BLOCK_BYTES // max(1, n_cols * STORED_DTYPES[info.dtype].itemsize))
         for i in range(0, n_rows, block):
             m = min(block, n_rows - i)
             part = self.read(name, rows=slice(r0 + i, r0 + i + m), cols=slice(c0, c1))
             out[:, i : i + m] = part.T
+        if check_finite:
+            self._check_finite(name, out, cast=True)
         return out
 
+    def _check_memory(self, name: str, shape: tuple[int, ...], bytes_per_element: int) -> None:
+        """Refuse a read whose buffers would exceed the memory available, before any is
+        taken (the header guarantees the bytes exist; a sparse file can still claim TiB)."""
+        need = math.prod(shape) * bytes_per_element
+        if need < MEMORY_CHECK_MIN_BYTES:
+            return
+        avail = available_memory_bytes()
+        if avail is not None and need > avail:
+            raise JobError(
+                f"{self.path}: tensor {name!r}: reading {list(shape)} needs "
+                f"{_human(need)} of memory but only {_human(avail)} is available"
+            )
 
-def _pread(f, offset: int, nbytes: int, dtype: np.dtype) -> np.ndarray:
-    buf = bytearray(nbytes)
-    _pread_into(f, offset, memoryview(buf))
-    return np.frombuffer(buf, dtype=dtype)
+    def _check_finite(self, name: str, data: np.ndarray, cast: bool) -> None:
+        if bad := nonfinite_count(data):
+            as_dtype = f" as {data.dtype}" if cast else ""
+            raise JobError(
+                f"{self.path}: tensor {name!r}: {bad} of {data.size} values are NaN or "
+                f"Inf{as_dtype}"
+            )
 
 
-def _pread_into(f, offset: int, view: memoryview) -> None:
-    f.seek(offset)
-    if f.readinto(view) != len(view):
-        raise JobError(f"{f.name}: truncated (wanted {len(view)} bytes at offset {offset})")
+def read_header_bytes(path: str | Path) -> bytes:
+    """The length prefix and the JSON header of a safetensors file, unparsed (what a cheap
+    identity of the weights hashes)."""
+    return _header_bytes(Path(path))[0]
+
+
+def _header_bytes(path: Path) -> tuple[bytes, int]:
+    """(length prefix + header, file size); the length is checked against the file
+    before a buffer of that length is taken."""
+    size = _regular_file_size(path)
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise JobError(f"{path}: not a safetensors file (too short)")
+            (n,) = struct.unpack("<Q", head)
+            if n > min(MAX_HEADER_BYTES, size - 8):
+                raise JobError(
+                    f"{path}: not a safetensors file (header length {n} is invalid: the "
+                    f"file has {size} bytes, the limit is {MAX_HEADER_BYTES})"
+                )
+            raw = f.read(n)
+    except OSError as e:
+        raise JobError(f"{path}: cannot read ({_oserror(e)})") from None
+    if len(raw) < n:
+        raise JobError(f"{path}: truncated while its header was read")
+    return head + raw, size
+
+
+def strict_json(path: Path, raw: bytes, what: str) -> object:
+    """Parse `raw` as UTF-8 JSON with no duplicate keys, no NaN/Infinity literals, and no
+    nesting deep enough to exhaust the stack; any failure is one JobError line."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise JobError(f"{path}: bad JSON {what}: not UTF-8 (byte {e.start})") from None
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except RecursionError:
+        raise JobError(f"{path}: bad JSON {what}: nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, duplicates, NaN, too many digits
+        raise JobError(f"{path}: bad JSON {what}: {_one_line(str(e))}") from None
 
 
 def _read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
-    if not path.is_file():
-        raise JobError(f"{path}: file not found")
-    size = os.path.getsize(path)
-    with path.open("rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise JobError(f"{path}: not a safetensors file (too short)")
-        (n,) = struct.unpack("<Q", head)
-        if n > min(MAX_HEADER_BYTES, size - 8):
-            raise JobError(f"{path}: not a safetensors file (header length {n} is invalid)")
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise JobError(f"{path}: not a safetensors file (bad JSON header: {e})") from None
+    raw, size = _header_bytes(path)
+    header = strict_json(path, raw[8:], "header")
     if not isinstance(header, dict):
         raise JobError(f"{path}: not a safetensors file (header is not a JSON object)")
-    metadata = header.pop("__metadata__", {}) or {}
-    data_start = 8 + n
-    tensors = {}
-    for name, entry in header.items():
-        try:
-            dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise JobError(f"{path}: tensor {name!r} has a malformed header entry") from None
-        if dtype not in STORED_DTYPES:
-            raise JobError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
-        expected = int(np.prod(shape, dtype=np.int64)) * STORED_DTYPES[dtype].itemsize
-        if end - begin != expected or begin < 0 or data_start + end > size:
-            raise JobError(
-                f"{path}: tensor {name!r} data offsets [{begin}, {end}) do not fit "
-                f"shape {shape} {dtype} in a {size}-byte file"
-            )
-        tensors[name] = TensorInfo(dtype, tuple(shape), data_start + begin, data_start + end)
+    metadata = header.pop("__metadata__", None)
+    metadata = {} if metadata is None else metadata
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise JobError(
+            f"{path}: __metadata__ must be an object of strings, not {short_repr(metadata)}"
+        )
+    data_start = len(raw)
+    tensors = {
+        name: _tensor_info(path, name, entry, data_start, size) for name, entry in header.items()
+    }
+    _check_no_overlap(path, tensors)
     return tensors, metadata
+
+
+def _tensor_info(path: Path, name: str, entry: object, data_start: int, size: int) -> TensorInfo:
+    """One header entry, every field checked, as a TensorInfo with absolute offsets."""
+    at = f"{path}: tensor {short_repr(name)}"
+    if not isinstance(entry, dict):
+        raise JobError(f"{at}: header entry is {short_repr(entry)}, not an object")
+    if missing := [k for k in ("dtype", "shape", "data_offsets") if k not in entry]:
+        raise JobError(f"{at}: header entry has no {', '.join(missing)}")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in STORED_DTYPES:
+        known = ", ".join(STORED_DTYPES)
+        raise JobError(f"{at}: unsupported dtype {short_repr(dtype)} (this reader knows {known})")
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise JobError(f"{at}: shape {short_repr(shape)} is not a list of non-negative integers")
+    if len(shape) > MAX_DIMS:
+        raise JobError(f"{at}: shape has {len(shape)} dims, more than {MAX_DIMS}")
+    elements = math.prod(shape)
+    if elements > INT64_MAX or any(d > INT64_MAX for d in shape):
+        raise JobError(f"{at}: shape {short_repr(shape)} overflows int64")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_count, offsets))):
+        raise JobError(
+            f"{at}: data_offsets {short_repr(offsets)} is not a list of two non-negative integers"
+        )
+    begin, end = offsets
+    if begin > end:
+        raise JobError(f"{at}: data_offsets begin {begin} > end {end}")
+    if data_start + end > size:
+        raise JobError(
+            f"{at}: data offsets [{begin}, {end}) do not fit the {size - data_start}-byte "
+            f"data area of a {size}-byte file"
+        )
+    needed = elements * STORED_DTYPES[dtype].itemsize
+    if end - begin != needed:
+        raise JobError(
+            f"{at}: data offsets [{begin}, {end}) hold {end - begin} bytes but shape "
+            f"{short_repr(shape)} {dtype} needs {needed}"
+        )
+    return TensorInfo(dtype, tuple(shape), data_start + begin, data_start + end)
+
+
+def _check_no_overlap(path: Path, tensors: dict[str, TensorInfo]) -> None:
+    """Two tensors sharing bytes would make a write to one show in the other (and hide a
+    file crafted to read differently in different readers)."""
+    spans = sorted((t.begin, t.end, name) for name, t in tensors.items() if t.nbytes)
+    for (_, end_a, a), (begin_b, _, b) in itertools.pairwise(spans):
+        if begin_b < end_a:
+            raise JobError(
+                f"{path}: tensors {short_repr(a)} and {short_repr(b)} overlap in the file"
+            )
+
+
+def _check_size(path: Path, name: str, info: TensorInfo, size: int) -> None:
+    if info.end > size:
+        raise JobError(
+            f"{path}: tensor {name!r}: file truncated (the tensor ends at byte {info.end}, "
+            f"the file now has {size} bytes)"
+        )
+
+
+def _current_size(f: BinaryIO) -> int:
+    return os.fstat(f.fileno()).st_size
+
+
+def _pread_into(f: BinaryIO, path: Path, name: str, offset: int, view: memoryview) -> None:
+    f.seek(offset)
+    got = f.readinto(view)
+    if got != len(view):
+        raise JobError(
+            f"{path}: tensor {name!r}: file truncated (wanted {len(view)} bytes at offset "
+            f"{offset}, got {got})"
+        )
+
+
+def _contiguous(s: slice, n: int, what: str) -> tuple[int, int]:
+    start, stop, step = s.indices(n)
+    if step != 1:
+        raise ValueError(f"{what} slices must be contiguous, got step {step}")
+    return start, max(start, stop)
+
+
+def _regular_file_size(path: Path) -> int:
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise JobError(f"{path}: file not found") from None
+    except OSError as e:
+        raise JobError(f"{path}: cannot read ({_oserror(e)})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise JobError(f"{path}: not a regular file")
+    return info.st_size
+
+
+def _is_count(x: object) -> bool:
+    return type(x) is int and x >= 0  # bool is an int subclass, and not a count
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {short_repr(key)}")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def short_repr(value: object, limit: int = 60) -> str:
+    """repr, shortened: the file's own strings must not make a message long or multi-line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _oserror(e: OSError) -> str:
+    return e.strerror or _one_line(str(e))
+
+
+def _human(n: int) -> str:
+    if n < 1024:
+        return f"{n} bytes"
+    exponent = min(4, int(math.log(n, 1024)))
+    return f"{n / 1024**exponent:.1f} {('KiB', 'MiB', 'GiB', 'TiB')[exponent - 1]}"
