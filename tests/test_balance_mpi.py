@@ -42,7 +42,14 @@ def static_reference(tmp_path, digits_job):
     return job, static_run(tmp_path, job)
 
 
-@pytest.mark.parametrize(("n", "tp"), [(6, 1), (6, 2), (3, 1)])
+@pytest.mark.parametrize(
+    ("n", "tp"),
+    [
+        pytest.param(6, 1, marks=pytest.mark.slow),
+        pytest.param(6, 2, marks=pytest.mark.slow),
+        (3, 1),
+    ],
+)
 def test_stealing_under_stress_computes_each_chunk_once(tmp_path, digits_job, n, tp):
     job = digits_job(chunk_size=4, batch_size=4)
     expected = static_run(tmp_path, job, tp)

@@ -141,7 +141,12 @@ def corpus_job(tmp_path_factory, texts):
 
 @pytest.mark.mpi
 @pytest.mark.parametrize(
-    ("ranks", "tp", "backend"), LAYOUTS, ids=[f"n{n}-tp{t}-{b}" for n, t, b in LAYOUTS]
+    ("ranks", "tp", "backend"),
+    [
+        pytest.param(*layout, marks=[pytest.mark.slow] if layout == (2, 2, "jax") else [])
+        for layout in LAYOUTS
+    ],
+    ids=[f"n{n}-tp{t}-{b}" for n, t, b in LAYOUTS],
 )
 def test_every_layout_matches_sentence_transformers(corpus_job, reference, ranks, tp, backend):
     out = corpus_job.parent / f"out-{ranks}-{tp}-{backend}.h5"
@@ -186,6 +191,7 @@ def test_inspect_knows_bert_and_agrees_with_what_loading_holds(capsys):
 
 
 @pytest.mark.mpi
+@pytest.mark.slow
 def test_the_shipped_job_runs(tmp_path, reference):
     out = tmp_path / "minilm.h5"
     p = hpcinfer(

@@ -207,6 +207,7 @@ LAYOUTS = [
     (2, 2, "jax"),
     (4, 4, "jax"),
 ]
+SLOW_LAYOUTS = {(2, 2, "jax"), (4, 4, "jax")}  # JAX with host-staged TP runs op by op
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +238,12 @@ def run_scores(job: Path, ranks: int, tp: int, backend: str, *sets: str) -> dict
 
 @pytest.mark.mpi
 @pytest.mark.parametrize(
-    ("ranks", "tp", "backend"), LAYOUTS, ids=[f"n{n}-tp{t}-{b}" for n, t, b in LAYOUTS]
+    ("ranks", "tp", "backend"),
+    [
+        pytest.param(*layout, marks=[pytest.mark.slow] if layout in SLOW_LAYOUTS else [])
+        for layout in LAYOUTS
+    ],
+    ids=[f"n{n}-tp{t}-{b}" for n, t, b in LAYOUTS],
 )
 def test_every_layout_matches_transformers(score_job, reference, ranks, tp, backend):
     assert_scores(run_scores(score_job, ranks, tp, backend), reference)
@@ -281,6 +287,7 @@ def test_a_bad_token_id_names_file_and_row(score_job, kind):
 
 
 @pytest.mark.mpi
+@pytest.mark.slow
 def test_the_shipped_job_runs(tmp_path):
     out = tmp_path / "gpt2.h5"
     p = hpcinfer(

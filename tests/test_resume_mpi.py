@@ -221,7 +221,9 @@ def kill_launcher_at_random(tmp_path, job, rng):
     return proc
 
 
-@pytest.mark.parametrize("seed", range(SOAK or 3))
+@pytest.mark.parametrize(
+    "seed", [s if s == 0 else pytest.param(s, marks=pytest.mark.slow) for s in range(SOAK or 3)]
+)
 @pytest.mark.parametrize(
     "how", [kill_rank_at_random, kill_launcher_at_random], ids=["rank", "launcher"]
 )

@@ -231,6 +231,7 @@ def test_raises_before_a_collective():
 """
 
 
+@pytest.mark.slow
 def test_a_failing_mpi_test_fails_every_rank_and_never_hangs(tmp_path):
     (tmp_path / "test_failing_mpi.py").write_text(FAILING_TESTS)
     target = str(tmp_path / "test_failing_mpi.py")

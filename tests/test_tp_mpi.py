@@ -71,8 +71,15 @@ def reference(models):
     return refs
 
 
-@pytest.mark.parametrize("backend", ["numpy", "jax"])
-@pytest.mark.parametrize(("ranks", "tp"), LAYOUTS, ids=[f"n{n}-tp{t}" for n, t in LAYOUTS])
+@pytest.mark.parametrize(
+    ("ranks", "tp", "backend"),
+    [
+        pytest.param(n, t, b, marks=[pytest.mark.slow] if b == "jax" and n > 2 else [])
+        for b in ("numpy", "jax")
+        for n, t in LAYOUTS
+    ],
+    ids=[f"n{n}-tp{t}-{b}" for b in ("numpy", "jax") for n, t in LAYOUTS],
+)
 def test_every_layout_gives_the_serial_logits(models, reference, ranks, tp, backend):
     p, out = run_layout(models, "pairs", ranks, tp, backend)
     assert p.returncode == 0, p.stderr
@@ -98,7 +105,7 @@ HAVE_MPI4JAX = importlib.util.find_spec("mpi4jax") is not None
         ),
     ],
 )
-@pytest.mark.parametrize(("ranks", "tp"), [(2, 2), (3, 3)])
+@pytest.mark.parametrize(("ranks", "tp"), [(2, 2), pytest.param(3, 3, marks=pytest.mark.slow)])
 def test_jax_collective_paths(models, reference, ranks, tp, tp_comm):
     p, out = run_layout(models, "pairs", ranks, tp, "jax", ["--set", f"run.tp_comm='{tp_comm}'"])
     assert p.returncode == 0, p.stderr
