@@ -7,11 +7,13 @@ python -m hpcinfer run jobs/digits-mlp.toml --backend jax --set run.batch_size=5
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
 from hpcinfer import __version__
 from hpcinfer.errors import JobError
+from hpcinfer.parallel.runtime import launcher_rank
 
 DESCRIPTION = """\
 Distributed batch inference for HPC clusters. hpcinfer is an SPMD program: launch it
@@ -60,8 +62,33 @@ examples:
 """
 
 
+class RankZeroParser(argparse.ArgumentParser):
+    """Under mpiexec every rank parses the same command line: only rank 0 prints help,
+    usage and errors; the others exit with the same code, silently."""
+
+    def _print_message(self, message: str, file=None) -> None:
+        if launcher_rank() == 0:
+            super()._print_message(message, file)
+
+
+def positive(kind: type) -> object:
+    """An argparse type: a finite number > 0 of `kind` (int or float)."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"must be a {kind.__name__} > 0, got {text!r}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = RankZeroParser(
         prog="python -m hpcinfer",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -95,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
         "an interrupted run is resumed, and a partial run of a different job is refused",
     )
     run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output.path that is not this job's finished result "
+        "(without it such a file is refused, never overwritten)",
+    )
+    run.add_argument(
         "--dry-run",
         action="store_true",
         help="validate the job (model, input, output, layout) and print the plan: chunks "
@@ -103,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no live progress on rank 0")
     run.add_argument(
         "--progress-interval",
-        type=float,
+        type=positive(float),
         default=30.0,
         metavar="SECONDS",
         help="seconds between progress lines when stderr is not a terminal (default 30); "
@@ -140,11 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
         "that fits; with --ranks and --mem-per-rank, a recommended DP x TP layout.",
     )
     inspect.add_argument("model", help="model folder (config.json + model.safetensors)")
-    inspect.add_argument("--tp", type=int, help="show only this tensor-parallel size")
-    inspect.add_argument("--ranks", type=int, help="ranks you will launch (for a layout)")
+    inspect.add_argument("--tp", type=positive(int), help="show only this tensor-parallel size")
+    inspect.add_argument("--ranks", type=positive(int), help="ranks you will launch (for a layout)")
     inspect.add_argument(
         "--mem-per-rank",
-        type=float,
+        type=positive(float),
         metavar="GB",
         help="memory each rank may use, in GiB (with --ranks)",
     )
@@ -252,6 +285,7 @@ def _run(args: argparse.Namespace) -> int:
         hooks = hooks_from_env()
     options = RunOptions(
         restart=args.restart,
+        overwrite=args.overwrite,
         dry_run=args.dry_run,
         quiet=args.quiet,
         progress_interval=args.progress_interval,

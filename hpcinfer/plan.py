@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcinfer.backends import get_backend
+from hpcinfer.checkpoint.lock import lock_path_for
 from hpcinfer.checkpoint.state import partial_dir_for
 from hpcinfer.errors import JobError
 from hpcinfer.io.inputs import Reader, open_input
@@ -56,17 +57,40 @@ def validated_plan(job: Job, rt: Runtime) -> Plan:
     return plan
 
 
-def check_output_path(job: Job) -> None:
-    out = job.output.path
+def check_output_path(job: Job, reader: Reader) -> None:
+    """The output (and its .partial folder and .lock) may be created, and never aliases a
+    file the job reads: compared by resolved path and by device and inode, so `..`, `//`,
+    symlinks and hard links are all caught."""
+    out, where = job.output.path, f"{job.source}: output.path {job.output.path}"
     if out.is_dir():
-        raise JobError(f"{job.source}: output.path {out} is a folder; expected a file path")
-    if out == job.input.path:
-        raise JobError(f"{job.source}: output.path is the input file {out}; refusing to overwrite")
+        raise JobError(f"{where} is a folder; expected a file path")
     parent = out.parent
     while not parent.exists():
         parent = parent.parent
-    if not os.access(parent, os.W_OK):
-        raise JobError(f"{job.source}: output.path {out}: folder {parent} is not writable")
+    if not parent.is_dir():
+        raise JobError(f"{where}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise JobError(f"{where}: folder {parent} is not writable")
+    model = job.model.path
+    read = [job.source, *reader.sources(), model]
+    if model.is_dir():
+        read += [p for p in model.rglob("*") if p.is_file()]
+    read_paths = {os.path.realpath(p) for p in read}
+    read_ids = {(st.st_dev, st.st_ino) for p in read if (st := _stat(p))}
+    for target in (out, partial_dir_for(out), lock_path_for(out)):
+        st = _stat(target)
+        if os.path.realpath(target) in read_paths or (st and (st.st_dev, st.st_ino) in read_ids):
+            raise JobError(f"{where}: {target} is a file this job reads; refusing to write it")
+    real_model = os.path.realpath(model)
+    if model.is_dir() and os.path.realpath(out).startswith(real_model + os.sep):
+        raise JobError(f"{where} is inside the model folder {model}; choose another place")
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return path.stat()
+    except OSError:  # missing, a dangling link, a loop: nothing to alias
+        return None
 
 
 def check_input_fits(job: Job, model: Model, reader: Reader) -> None:
@@ -87,16 +111,21 @@ def check_input_fits(job: Job, model: Model, reader: Reader) -> None:
 
 def make_plan(job: Job, grid: Grid, local_rank: int = 0) -> Plan:
     """Validate `job` end to end and load this rank's shard of the model."""
-    check_output_path(job)
     reader = open_input(job)
-    backend = get_backend(job.run.backend, job.run.dtype, local_rank)
-    tp_comm = resolve_tp_comm(job.run.backend, job.run.tp_comm)
-    tp = collectives_for(grid.tp_group, job.run.backend, tp_comm)
-    model = load_model(job.model.path, backend, job.run.dtype, tp, job.model.task)
-    check_input_fits(job, model, reader)
-    chunks = make_chunks(reader.n_rows, job.run.chunk_size)
-    if len(chunks) >= 2**31:
-        raise JobError(
-            f"{job.source}: {len(chunks)} chunks is too many (limit 2**31): raise run.chunk_size"
-        )
+    try:
+        check_output_path(job, reader)
+        backend = get_backend(job.run.backend, job.run.dtype, local_rank)
+        tp_comm = resolve_tp_comm(job.run.backend, job.run.tp_comm)
+        tp = collectives_for(grid.tp_group, job.run.backend, tp_comm)
+        model = load_model(job.model.path, backend, job.run.dtype, tp, job.model.task)
+        check_input_fits(job, model, reader)
+        chunks = make_chunks(reader.n_rows, job.run.chunk_size)
+        if len(chunks) >= 2**31:
+            raise JobError(
+                f"{job.source}: {len(chunks)} chunks is too many (limit 2**31): "
+                "raise run.chunk_size"
+            )
+    except BaseException:
+        reader.close()
+        raise
     return Plan(job, grid, tp_comm, model, reader, chunks, partial_dir_for(job.output.path))

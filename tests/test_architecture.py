@@ -29,7 +29,7 @@ LAYERS = [
     ("checkpoint", ("hpcinfer.checkpoint",)),
     ("plan", ("hpcinfer.plan",)),
     ("tools", ("hpcinfer.tools",)),
-    ("engine", ("hpcinfer.engine",)),
+    ("engine", ("hpcinfer.start", "hpcinfer.compute", "hpcinfer.engine")),
     ("cli", ("hpcinfer.cli", "hpcinfer.__main__")),
     ("testing", ("hpcinfer.testing",)),
 ]

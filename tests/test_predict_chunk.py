@@ -10,7 +10,7 @@ import pytest
 
 from hpcinfer.backends import get_backend
 from hpcinfer.checkpoint.chunk_files import ChunkStore
-from hpcinfer.engine import compute_chunk
+from hpcinfer.compute import compute_chunk
 from hpcinfer.io.hdf5_input import open_hdf5
 from hpcinfer.models import load_model
 from hpcinfer.schedule.chunks import Chunk

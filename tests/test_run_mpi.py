@@ -64,7 +64,10 @@ def test_output_attributes_and_no_leftovers(digits_runs):
     path = digits_runs[(3, "numpy")]
     _, attrs = read_outputs(path)
     assert attrs["hpcinfer_version"]
-    assert attrs["model_path"].endswith("digits-mlp") and len(attrs["model_sha256"]) == 64
+    assert attrs["model_path"].endswith("digits-mlp")
+    identity = json.loads(attrs["model_identity"])
+    assert len(identity["model file config.json"]) == 64  # content hash
+    assert identity["model weights"]["files"][0]["name"] == "model.safetensors"
     assert attrs["input_path"].endswith("digits.h5") and attrs["input_dataset"] == "x"
     assert json.loads(attrs["layout"])["ranks"] == 3
     assert json.loads(attrs["job"])["run"]["chunk_size"] == 256

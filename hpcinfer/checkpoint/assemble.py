@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ def assemble_output(
 
     `run_records` are written under the group `run/` (e.g. run/chunks, the chunk log).
     """
-    tmp = store.folder / f"assembling-{final_path.name}"
+    tmp = store.folder / f".assembling-{uuid.uuid4().hex}-{final_path.name}"
     with h5py.File(tmp, "w") as f:
         datasets = {
             name: f.create_dataset(name, shape=(n_rows, *o.shape), dtype=o.dtype)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import uuid
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -110,11 +111,11 @@ class ChunkFile:
         self.durable = store.durable
         self.rows = rows
         self.rows_written = 0
-        self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self._tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
         head, self._slots, size = chunk_layout(rows, outputs)
         self._fd: int | None = None
         with self._disk("create"):
-            self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             self._pwrite(head, 0)
             os.ftruncate(self._fd, size)
 

@@ -1,10 +1,19 @@
-"""A job's identity: the facts that decide its output's content, and their fingerprint.
+"""A job's identity: every fact that decides its output's content, and their fingerprint.
 
-The model's weights and config, the input (path, dataset, shape, dtype, size,
-modification time), chunk_size (it defines the chunks) and dtype. Backend, batch size,
-threads, balance and the DP x TP layout are deliberately left out: a run may resume on
-another layout; results then agree within float tolerance (bit-identical when those
-stay the same). A partial run is resumed only by a job with the same fingerprint.
+    model weights        per weight file: name, size, mtime and the hash of its header
+                         (never the tensor bytes: a 100 GB model costs a few stat calls)
+    model file <name>    every small file of the model folder a loader may read (config,
+                         tokenizer, sentence-transformers modules, ...), by content hash
+    input source <path>  the input file and every file it draws rows from (HDF5 external
+                         links, virtual-dataset sources): size and mtime
+    input                path, dataset or field, format, rows, row shape and dtype
+    <section.key>        the job settings that change outputs (task, chunk_size, dtype)
+
+Backend, batch size, threads, balance and the DP x TP layout are deliberately left out:
+a run may resume on another layout; results then agree within float tolerance
+(bit-identical when those stay the same). A partial run is resumed, and a finished
+output accepted as complete, only for a job with the same fingerprint; a difference is
+named key by key.
 """
 
 from __future__ import annotations
@@ -14,7 +23,21 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hpcinfer.errors import JobError
+from hpcinfer.io.safetensors_checkpoint import weights_identity
 from hpcinfer.job import Job
+
+# Small files a loader may read, by suffix; weights are identified by their headers.
+MODEL_FILE_SUFFIXES = (".json", ".txt", ".model", ".jinja")
+MAX_MODEL_FILE_BYTES = 64 * 2**20  # larger "small" files are identified by size and mtime
+OUTPUT_SETTINGS = (
+    ("model", "task"),
+    ("input", "format"),
+    ("input", "dataset"),
+    ("input", "field"),
+    ("run", "chunk_size"),
+    ("run", "dtype"),
+)
 
 
 def file_sha256(path: Path, block: int = 2**20) -> str:
@@ -25,24 +48,61 @@ def file_sha256(path: Path, block: int = 2**20) -> str:
     return h.hexdigest()
 
 
+def model_identity(folder: Path) -> dict[str, Any]:
+    """The weights by their headers, the folder's small files by content."""
+    facts: dict[str, Any] = {"model weights": weights_identity(folder)}
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or path.suffix not in MODEL_FILE_SUFFIXES:
+            continue
+        name = path.relative_to(folder).as_posix()
+        if name.startswith("."):
+            continue
+        try:
+            st = path.stat()
+            digest = (
+                file_sha256(path)
+                if st.st_size <= MAX_MODEL_FILE_BYTES
+                else f"size {st.st_size}, mtime_ns {st.st_mtime_ns}"
+            )
+        except OSError as e:
+            raise JobError(f"{path}: cannot read ({e.strerror or e})") from None
+        facts[f"model file {name}"] = digest
+    return facts
+
+
+def input_identity(reader: Any) -> dict[str, Any]:
+    facts: dict[str, Any] = {
+        "input": {
+            "path": str(reader.path),
+            "dataset": reader.dataset,
+            "rows": reader.n_rows,
+            "row_shape": list(reader.row_shape),
+            "dtype": str(reader.dtype),
+        }
+    }
+    for source in reader.sources():
+        try:
+            st = source.stat()
+        except OSError as e:
+            raise JobError(f"{source}: cannot read ({e.strerror or e})") from None
+        facts[f"input source {source}"] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return facts
+
+
 def job_identity(job: Job, reader: Any) -> dict[str, Any]:
     """What decides the output of `job` over the input `reader` opened."""
-    stat = reader.path.stat()
-    return {
-        "model_sha256": file_sha256(job.model.path / "model.safetensors"),
-        "model_config_sha256": file_sha256(job.model.path / "config.json"),
-        "input_path": str(reader.path),
-        "input_dataset": reader.dataset,
-        "input_shape": [reader.n_rows, *reader.row_shape],
-        "input_dtype": str(reader.dtype),
-        "input_bytes": stat.st_size,
-        "input_mtime_ns": stat.st_mtime_ns,
-        "chunk_size": job.run.chunk_size,
-        "dtype": job.run.dtype,
-    }
+    settings = {f"{s}.{k}": str(getattr(getattr(job, s), k)) for s, k in OUTPUT_SETTINGS}
+    return {**model_identity(job.model.path), **input_identity(reader), **settings}
 
 
 def fingerprint(identity: dict[str, Any]) -> str:
     """A short hash of the facts that decide the output's content."""
     text = json.dumps(identity, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def differences(recorded: Any, identity: dict[str, Any]) -> tuple[str, ...]:
+    """The keys whose facts differ between a recorded identity and this job's."""
+    recorded = recorded if isinstance(recorded, dict) else {}
+    keys = set(recorded) | set(identity)
+    return tuple(sorted(k for k in keys if recorded.get(k) != identity.get(k)))

@@ -3,16 +3,22 @@
     FRESH       no partial run, and no finished output of this job
     RESUME      a partial run of this job: its trusted progress
     COMPLETE    the output already exists, finished, for this job
-    FOREIGN     a partial run of another job (model, input or options differ)
-    UNREADABLE  a partial folder without a readable fingerprint
+    FOREIGN     a partial run of another job (model, input or settings differ)
+    UNSTARTED   hpcinfer's partial folder, from a run that died before its fingerprint
+    DAMAGED     hpcinfer's partial folder whose fingerprint cannot be read
+    NOT_OURS    a folder at the partial path that hpcinfer did not make
 
-`resume_state` only reads; what to do about each state is the caller's.
+`resume_state` only reads. hpcinfer deletes only what it provably made: a partial folder
+carries a marker file from the moment it is created, and removing one deletes only the
+files hpcinfer writes there (a folder holding anything else is kept).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import uuid
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -20,10 +26,12 @@ from typing import Any
 
 from hpcinfer.checkpoint.assemble import output_fingerprint
 from hpcinfer.checkpoint.chunk_files import fsync_dir
-from hpcinfer.checkpoint.identity import fingerprint
+from hpcinfer.checkpoint.identity import differences, fingerprint
 from hpcinfer.checkpoint.journal import Progress, read_progress
 
 FINGERPRINT = "fingerprint.json"
+MARKER = "hpcinfer-partial-run"
+OURS = (MARKER, FINGERPRINT, "chunk-*.bin", "journal-*.log", ".*.tmp", ".assembling-*")
 
 
 class Start(Enum):
@@ -31,14 +39,17 @@ class Start(Enum):
     RESUME = "resume"
     COMPLETE = "complete"
     FOREIGN = "foreign"
-    UNREADABLE = "unreadable"
+    UNSTARTED = "unstarted"
+    DAMAGED = "damaged"
+    NOT_OURS = "not ours"
 
 
 @dataclass(frozen=True)
 class ResumeState:
     start: Start
-    progress: Progress | None = None  # RESUME: what is done
+    progress: Progress | None = None  # RESUME: what is done (FRESH: nothing)
     differs: tuple[str, ...] = ()  # FOREIGN: which facts of the identity differ
+    problem: str = ""  # DAMAGED: what is wrong with the fingerprint
 
 
 def partial_dir_for(output: Path) -> Path:
@@ -54,26 +65,30 @@ def resume_state(
     status, which must stay cheap beside a running job, does not).
     """
     folder = partial_dir_for(output)
-    if not folder.exists():
+    if not folder.exists() and not folder.is_symlink():
         if output_fingerprint(output) == fingerprint(identity):
             return ResumeState(Start.COMPLETE)
-        return ResumeState(Start.FRESH)
+        return ResumeState(Start.FRESH, Progress({}, ()))
+    if folder.is_symlink() or not folder.is_dir():
+        return ResumeState(Start.NOT_OURS)
+    marked = (folder / MARKER).is_file()
     try:
         previous = json.loads((folder / FINGERPRINT).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return ResumeState(Start.UNREADABLE)
-    if not isinstance(previous, dict):
-        return ResumeState(Start.UNREADABLE)
-    if previous.get("fingerprint") != fingerprint(identity):
-        recorded = previous.get("identity")
-        recorded = recorded if isinstance(recorded, dict) else {}
-        differs = tuple(sorted(k for k in identity if recorded.get(k) != identity[k]))
-        return ResumeState(Start.FOREIGN, differs=differs)
+    except FileNotFoundError:
+        return ResumeState(Start.UNSTARTED if marked else Start.NOT_OURS)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        problem = f"{folder / FINGERPRINT}: unreadable ({e})"
+        return ResumeState(Start.DAMAGED if marked else Start.NOT_OURS, problem=problem)
+    if not isinstance(previous, dict) or "fingerprint" not in previous:
+        problem = f"{folder / FINGERPRINT}: not an hpcinfer fingerprint"
+        return ResumeState(Start.DAMAGED if marked else Start.NOT_OURS, problem=problem)
+    if previous["fingerprint"] != fingerprint(identity):
+        return ResumeState(Start.FOREIGN, differs=differences(previous.get("identity"), identity))
     return ResumeState(Start.RESUME, read_progress(folder, n_chunks, verify_files))
 
 
 def write_json_atomically(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     with tmp.open("w") as f:
         json.dump(data, f, indent=1, sort_keys=True)
         f.flush()
@@ -83,8 +98,10 @@ def write_json_atomically(path: Path, data: dict) -> None:
 
 
 def start_partial_run(folder: Path, identity: dict, n_chunks: int, n_rows: int) -> None:
-    """A new partial folder, its fingerprint written (atomically) before any chunk."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """A new partial folder (owner-only: it may hold results of private data), marked as
+    hpcinfer's at once, its fingerprint written atomically before any chunk."""
+    folder.mkdir(mode=0o700)
+    (folder / MARKER).write_text("made by hpcinfer; removed with the run's other files\n")
     write_json_atomically(
         folder / FINGERPRINT,
         {
@@ -94,3 +111,17 @@ def start_partial_run(folder: Path, identity: dict, n_chunks: int, n_rows: int) 
             "n_rows": n_rows,
         },
     )
+
+
+def remove_partial_run(folder: Path) -> bool:
+    """Delete the files hpcinfer wrote in `folder`, then the folder if that empties it.
+    Returns False (and keeps the folder) when it holds anything else."""
+    for pattern in OURS:
+        for path in folder.glob(pattern):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+    try:
+        folder.rmdir()
+    except OSError:
+        return not folder.exists()
+    return True

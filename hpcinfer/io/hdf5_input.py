@@ -16,6 +16,29 @@ import numpy as np
 from hpcinfer.errors import JobError
 
 
+def _source_files(path: Path, file: h5py.File, dataset: str, node: h5py.Dataset) -> list[Path]:
+    """Every file the rows come from: the file itself, the targets of external links on
+    the dataset's path, and the sources of a virtual dataset (each must exist: HDF5
+    would read a missing source as fill values, silently)."""
+    files = [path.resolve()]
+    parts = [p for p in dataset.split("/") if p]
+    for i in range(1, len(parts) + 1):
+        link = file.get("/".join(parts[:i]), getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            files.append((path.parent / link.filename).resolve())
+    if node.is_virtual:
+        for source in node.virtual_sources():
+            name = source.file_name
+            target = path.resolve() if name == "." else (path.parent / name).resolve()
+            if not target.is_file():
+                raise JobError(
+                    f"{path}:{dataset} is a virtual dataset whose source {name} is missing "
+                    "(HDF5 would read its rows as fill values)"
+                )
+            files.append(target)
+    return list(dict.fromkeys(files))
+
+
 def _open_dataset(path: Path, dataset: str) -> tuple[h5py.File, h5py.Dataset]:
     if not path.is_file():
         raise JobError(f"{path}: input file not found (input.path)")
@@ -49,9 +72,13 @@ def item_kind(dtype: np.dtype) -> str | None:
 
 def open_hdf5(path: Path, dataset: str) -> Hdf5Rows | Hdf5Items:
     file, node = _open_dataset(Path(path), dataset)
-    if item_kind(node.dtype) is not None:
-        return Hdf5Items(Path(path), dataset, file, node)
-    return Hdf5Rows(Path(path), dataset, file, node)
+    try:
+        sources = _source_files(Path(path), file, dataset, node)
+    except JobError:
+        file.close()
+        raise
+    kind = Hdf5Items if item_kind(node.dtype) is not None else Hdf5Rows
+    return kind(Path(path), dataset, file, node, sources)
 
 
 class Hdf5Rows:
@@ -59,8 +86,11 @@ class Hdf5Rows:
 
     items = False
 
-    def __init__(self, path: Path, dataset: str, file: h5py.File, node: h5py.Dataset):
+    def __init__(
+        self, path: Path, dataset: str, file: h5py.File, node: h5py.Dataset, sources: list[Path]
+    ):
         self.path, self.dataset, self._file = path, dataset, file
+        self._sources = sources
         if not np.issubdtype(node.dtype, np.number):
             file.close()
             raise JobError(
@@ -75,6 +105,10 @@ class Hdf5Rows:
     def where(self, i: int) -> str:
         return f"{self.path}:{self.dataset}[{i}]"
 
+    def sources(self) -> list[Path]:
+        """The files the rows come from (the identity of the input covers each)."""
+        return self._sources
+
     def read(self, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) as a numpy array; reads nothing else."""
         return self._data[start:stop]
@@ -88,8 +122,11 @@ class Hdf5Items(Hdf5Rows):
 
     items = True
 
-    def __init__(self, path: Path, dataset: str, file: h5py.File, node: h5py.Dataset):
+    def __init__(
+        self, path: Path, dataset: str, file: h5py.File, node: h5py.Dataset, sources: list[Path]
+    ):
         self.path, self.dataset, self._file = path, dataset, file
+        self._sources = sources
         if node.ndim != 1:
             file.close()
             raise JobError(f"{path}:{dataset} has shape {node.shape}; expected one item per row")

@@ -67,6 +67,9 @@ class TextRows:
         """Row i as a user finds it: file and line number."""
         return f"{self.path}:{i + 1}"
 
+    def sources(self) -> list[Path]:
+        return [self.path.resolve()]
+
     def _parse(self, i: int, raw: bytes) -> str | list[int]:
         text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
         if self.kind == "text":

@@ -50,6 +50,19 @@ class Runtime:
         return f"rank {self.rank} of {self.size} ({self.host})"
 
 
+LAUNCHER_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")
+
+
+def launcher_rank() -> int:
+    """This process's rank as the launcher told it, before MPI starts (0 when launched
+    alone): lets rank 0 alone speak for command-line errors and signals."""
+    for var in LAUNCHER_RANK_VARS:
+        value = os.environ.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
 def threads_per_rank(available_cores: int, ranks_on_node: int, requested: int = 0) -> int:
     """Threads each rank may use: the explicit request, else its share of the cores."""
     if requested > 0:

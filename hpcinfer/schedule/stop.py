@@ -1,5 +1,6 @@
 """Graceful stop: SIGTERM or SIGUSR1 (what SLURM sends before a time limit or on
-preemption) ask every rank to finish the chunk in hand and stop claiming new ones.
+preemption) and Ctrl-C (SIGINT) ask every rank to finish the chunk in hand and stop
+claiming new ones; a second Ctrl-C aborts at once.
 
 The run then makes its progress durable and exits with EXIT_STOPPED (75, EX_TEMPFAIL:
 "try again later"), which a batch script can test to requeue; rerunning the job
@@ -10,8 +11,11 @@ resumes it. A rank that misses the signal does not hang the others: it keeps wor
 from __future__ import annotations
 
 import signal
+import sys
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+from hpcinfer.parallel.runtime import launcher_rank
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 EXIT_STOPPED = 75
 
 _requested = False
@@ -19,6 +23,14 @@ _requested = False
 
 def _handler(signum: int, frame: object) -> None:
     global _requested
+    if _requested and signum == signal.SIGINT:
+        raise KeyboardInterrupt  # a second Ctrl-C: stop now (every rank is aborted)
+    if not _requested and signum == signal.SIGINT and launcher_rank() == 0:
+        print(
+            "hpcinfer: stopping after the chunks in hand (Ctrl-C again to abort at once)",
+            file=sys.stderr,
+            flush=True,
+        )
     _requested = True
 
 

@@ -24,7 +24,7 @@ import random
 import time
 import warnings
 
-from hpcinfer.engine import Hooks
+from hpcinfer.compute import Hooks
 from hpcinfer.schedule.chunks import Chunk
 
 SWITCH = "HPCINFER_TESTING"  # must be "1" for HPCINFER_FAULT to be read at all

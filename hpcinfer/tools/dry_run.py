@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from hpcinfer.checkpoint.identity import job_identity
+from hpcinfer.checkpoint.lock import lock_path_for, read_holder
 from hpcinfer.checkpoint.state import ResumeState, Start, resume_state
+from hpcinfer.errors import JobError
 from hpcinfer.io.inputs import describe_reader
 from hpcinfer.models import InputKind
 from hpcinfer.parallel.partition import split_range
@@ -15,21 +19,30 @@ from hpcinfer.tools.format import human_bytes
 
 
 def describe_start(plan: Plan, state: ResumeState) -> str:
-    """What a run would do with the partial run and output it finds."""
-    out = plan.job.output.path
+    """What a run would do with the partial run, the output and the lock it finds."""
+    out, folder = plan.job.output.path, plan.partial_dir
+    holder = None
+    with contextlib.suppress(JobError):
+        holder = read_holder(lock_path_for(out))
+    if holder is not None and not holder.stale():
+        return f"refused: {holder.describe()} holds this output"
     if state.start is Start.RESUME:
         return f"would resume a partial run: {len(state.progress.done)} chunks already done"
     if state.start is Start.FOREIGN:
         return (
-            f"refused: {plan.partial_dir}: a partial run of a different job is here "
+            f"refused: {folder}: a partial run of a different job is here "
             f"({', '.join(state.differs)} differ); --restart would discard it"
         )
-    if state.start is Start.UNREADABLE:
-        return f"{plan.partial_dir} has no readable fingerprint: it would be discarded"
+    if state.start is Start.NOT_OURS:
+        return f"refused: {folder} exists and hpcinfer did not make it"
+    if state.start is Start.DAMAGED:
+        return f"refused: {state.problem}; --restart would discard the partial run"
+    if state.start is Start.UNSTARTED:
+        return f"{folder} is a run that died before it started: it would be discarded"
     if state.start is Start.COMPLETE:
         return f"{out} is already complete for this job: nothing to compute"
-    if out.exists():
-        return f"a fresh run; the existing {out} would be replaced"
+    if out.exists() or out.is_symlink():
+        return f"refused: {out} exists and is not this job's output (--overwrite replaces it)"
     return "a fresh run"
 
 

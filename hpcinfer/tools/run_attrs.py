@@ -40,7 +40,8 @@ def output_attrs(
         "job_fingerprint": fingerprint(identity),
         "resumed_chunks": resumed_chunks,  # chunks computed by earlier, interrupted runs
         "model_path": str(job.model.path),
-        "model_sha256": identity["model_sha256"],
+        # weights by file size, mtime and header hash; small files by content hash
+        "model_identity": {k: v for k, v in identity.items() if k.startswith("model ")},
         "model": plan.model.describe(),
         "input_path": str(job.input.path),
         "input_dataset": job.input.dataset,

@@ -7,8 +7,11 @@ beside a running job, as often as one likes.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hpcinfer.checkpoint.identity import job_identity
-from hpcinfer.checkpoint.state import Start, partial_dir_for, resume_state
+from hpcinfer.checkpoint.lock import lock_path_for, read_holder
+from hpcinfer.checkpoint.state import ResumeState, Start, partial_dir_for, resume_state
 from hpcinfer.errors import JobError
 from hpcinfer.io.inputs import open_input
 from hpcinfer.job import Job
@@ -24,7 +27,20 @@ def job_status(job: Job) -> str:
         reader.close()
     out, folder = job.output.path, partial_dir_for(job.output.path)
     state = resume_state(out, identity, n_chunks, verify_files=False)
-    if state.start is Start.UNREADABLE:
+    running = ""
+    holder = read_holder(lock_path_for(out))
+    if holder is not None:
+        running = f"; {'stale lock of ' if holder.stale() else 'running: '}{holder.describe()}"
+    return describe(job, state, folder, n_chunks, n_rows) + running
+
+
+def describe(job: Job, state: ResumeState, folder: Path, n_chunks: int, n_rows: int) -> str:
+    out = job.output.path
+    if state.start is Start.NOT_OURS:
+        return f"{folder}: exists and hpcinfer did not make it (a run would refuse it)"
+    if state.start is Start.DAMAGED:
+        return f"{state.problem} (a run refuses it; --restart discards it)"
+    if state.start is Start.UNSTARTED:
         return f"{folder}: a partial run that never started properly (it will be discarded)"
     if state.start is Start.FOREIGN:
         return (
