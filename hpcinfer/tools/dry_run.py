@@ -6,12 +6,12 @@ import numpy as np
 
 from hpcinfer.checkpoint.identity import job_identity
 from hpcinfer.checkpoint.state import ResumeState, Start, resume_state
+from hpcinfer.io.file_checks import human_bytes
 from hpcinfer.io.inputs import describe_reader
 from hpcinfer.models import InputKind
 from hpcinfer.parallel.partition import split_range
 from hpcinfer.parallel.runtime import Runtime
 from hpcinfer.plan import Plan
-from hpcinfer.tools.format import human_bytes
 
 
 def describe_start(plan: Plan, state: ResumeState) -> str:
