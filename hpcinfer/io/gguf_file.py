@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from hpcinfer.errors import JobError
+from hpcinfer.io.file_checks import contiguous, read_into, transposed_by_rows
 from hpcinfer.io.gguf_header import TensorInfo, read_header
 from hpcinfer.io.gguf_quants import decoder
 
@@ -130,10 +131,8 @@ class GgufFile:
         info = self.info(name)
         decode = decoder(self.path, name, info.dtype)
         shape = info.shape
-        r0, r1, rstep = rows.indices(shape[0])
-        if rstep != 1:
-            raise ValueError("row slices must be contiguous")
-        n_rows = max(0, r1 - r0)
+        r0, r1 = contiguous(rows, shape[0], "row")
+        n_rows = r1 - r0
         full_cols = len(shape) < 2 or cols.indices(shape[1]) == (0, shape[1], 1)
         if not full_cols and len(shape) != 2:
             raise ValueError("column slices are supported for 2-D tensors only")
@@ -144,10 +143,7 @@ class GgufFile:
             c0, c1 = 0, row_elems
             b0, b1 = 0, row_elems  # the column range decoded: whole blocks
         else:
-            c0, c1, cstep = cols.indices(shape[1])
-            if cstep != 1:
-                raise ValueError("column slices must be contiguous")
-            c1 = max(c0, c1)
+            c0, c1 = contiguous(cols, shape[1], "column")
             b0 = c0 // per_block * per_block
             b1 = -(-c1 // per_block) * per_block
         out = np.empty((n_rows, c1 - c0), dtype=dtype)
@@ -155,8 +151,9 @@ class GgufFile:
         with self.path.open("rb") as f:
             for i in range(0, n_rows if c1 > c0 else 0, step):
                 m = min(step, n_rows - i)
-                raw = _pread(f, info.begin + (r0 + i) * row_bytes, m * row_bytes, name)
-                raw = raw.reshape(m, row_bytes)
+                raw = np.empty((m, row_bytes), dtype=np.uint8)
+                offset = info.begin + (r0 + i) * row_bytes
+                read_into(f, self.path, name, offset, memoryview(raw).cast("B"))
                 if b0 or b1 != row_elems:
                     lo, hi = b0 // per_block * block_bytes, b1 // per_block * block_bytes
                     raw = np.ascontiguousarray(raw[:, lo:hi])
@@ -178,26 +175,13 @@ class GgufFile:
         info = self.info(name)
         if len(info.shape) != 2:
             raise ValueError(f"{name}: read_transposed needs a 2-D tensor, got {info.shape}")
-        r0, r1, _ = rows.indices(info.shape[0])
-        c0, c1, _ = cols.indices(info.shape[1])
-        n_rows, n_cols = max(0, r1 - r0), max(0, c1 - c0)
-        out = np.empty((n_cols, n_rows), dtype=dtype)
+        r0, r1 = contiguous(rows, info.shape[0], "row")
+        c0, c1 = contiguous(cols, info.shape[1], "column")
         block = max(1, DECODE_BLOCK_BYTES // max(1, 4 * info.shape[1]))
-        for i in range(0, n_rows, block):
-            m = min(block, n_rows - i)
-            part = self.read(name, rows=slice(r0 + i, r0 + i + m), cols=slice(c0, c1))
-            out[:, i : i + m] = part.T
-        return out
-
-
-# ---- raw reads ----
-
-
-def _pread(f, offset: int, nbytes: int, name: str) -> np.ndarray:
-    buf = bytearray(nbytes)
-    f.seek(offset)
-    if f.readinto(buf) != nbytes:
-        raise JobError(
-            f"{f.name}: tensor {name!r} truncated (wanted {nbytes} bytes at offset {offset})"
+        return transposed_by_rows(
+            lambda i, j: self.read(name, rows=slice(r0 + i, r0 + j), cols=slice(c0, c1)),
+            r1 - r0,
+            c1 - c0,
+            dtype,
+            block,
         )
-    return np.frombuffer(buf, dtype=np.uint8)

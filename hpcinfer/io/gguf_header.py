@@ -15,7 +15,6 @@ is allocated.
 
 from __future__ import annotations
 
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from hpcinfer.errors import JobError
+from hpcinfer.io.file_checks import regular_file_size
 
 MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -138,9 +138,7 @@ class _Cursor:
 def read_header(path: Path) -> GgufHeader:
     """The header of the GGUF file at `path`: damage is one JobError line naming the file
     and the key or tensor where the parse stopped."""
-    if not path.is_file():
-        raise JobError(f"{path}: file not found")
-    size = os.path.getsize(path)
+    size = regular_file_size(path)
     with path.open("rb") as f:
         head = f.read(24)
         if len(head) < 24 or head[:4] != MAGIC:
