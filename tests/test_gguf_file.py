@@ -13,7 +13,8 @@ from gguf.quants import dequantize, quantize
 
 import hpcinfer.io.gguf_file as gguf_file
 from hpcinfer.errors import JobError
-from hpcinfer.io.gguf_file import SUPPORTED_TYPES, GgufFile, unpermute_rows
+from hpcinfer.io.gguf_file import GgufFile, unpermute_rows
+from hpcinfer.io.gguf_quants import SUPPORTED_TYPES
 
 Q = GGMLQuantizationType
 ROWS, COLS = 37, 512  # odd rows; 16 blocks of 32 or 2 of 256 per row

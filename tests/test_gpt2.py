@@ -177,7 +177,7 @@ def test_a_task_the_model_cannot_do_is_a_clear_error():
 
 def test_inspect_knows_gpt2_and_agrees_with_what_loading_holds(capsys):
     from hpcinfer.cli import main
-    from hpcinfer.tools.format import human_bytes
+    from hpcinfer.io.file_checks import human_bytes
 
     assert main(["inspect", str(MODEL)]) == 0
     out = capsys.readouterr().out

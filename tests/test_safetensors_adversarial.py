@@ -16,9 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save_file
 
+import hpcinfer.io.file_checks as checks
 import hpcinfer.io.safetensors_file as sf
 from hpcinfer.errors import JobError
-from hpcinfer.io.safetensors_file import SafetensorsFile, nonfinite_count
+from hpcinfer.io.file_checks import nonfinite_count
+from hpcinfer.io.safetensors_file import SafetensorsFile
 
 T = "layer.w"  # the tensor at fault, wherever there is one
 
@@ -63,8 +65,8 @@ def short_read(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def low_memory(transposed: bool = False) -> Callable[[Path, pytest.MonkeyPatch], None]:
     def act(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(sf, "available_memory_bytes", lambda: 10)
-        monkeypatch.setattr(sf, "MEMORY_CHECK_MIN_BYTES", 0)
+        monkeypatch.setattr(checks, "available_memory_bytes", lambda: 10)
+        monkeypatch.setattr(checks, "MEMORY_CHECK_MIN_BYTES", 0)
         f = SafetensorsFile(path)
         if transposed:
             f.read_transposed(T)
@@ -208,7 +210,7 @@ def test_huge_sparse_tensor_is_refused_before_allocating(tmp_path):
     """A valid header over a sparse data area larger than memory: the read is refused
     by comparing sizes, before a byte is allocated."""
     size = 2**42  # 4 TiB, sparse
-    avail = sf.available_memory_bytes()
+    avail = checks.available_memory_bytes()
     if avail is not None and avail >= size:
         pytest.skip("this machine has more free memory than the test's sparse tensor")
     path = tmp_path / "huge.safetensors"
@@ -228,13 +230,13 @@ def test_huge_sparse_tensor_is_refused_before_allocating(tmp_path):
 def test_memory_is_checked_against_the_read_not_the_tensor(tmp_path, monkeypatch):
     path = tmp_path / "ok.safetensors"
     path.write_bytes(st_bytes(GOOD_2x2, F32x4))
-    monkeypatch.setattr(sf, "available_memory_bytes", lambda: 8)
-    monkeypatch.setattr(sf, "MEMORY_CHECK_MIN_BYTES", 0)
+    monkeypatch.setattr(checks, "available_memory_bytes", lambda: 8)
+    monkeypatch.setattr(checks, "MEMORY_CHECK_MIN_BYTES", 0)
     assert SafetensorsFile(path).read(T, rows=slice(1, 2)).tolist() == [[2.0, 3.0]]
 
 
 def test_available_memory_is_a_positive_number_here():
-    avail = sf.available_memory_bytes()
+    avail = checks.available_memory_bytes()
     assert avail is None or avail > 0
 
 

@@ -6,7 +6,8 @@ import pytest
 from safetensors.numpy import save_file
 
 from hpcinfer.errors import JobError
-from hpcinfer.io.safetensors_file import SafetensorsFile, bf16_to_f32
+from hpcinfer.io.file_checks import bf16_to_f32
+from hpcinfer.io.safetensors_file import SafetensorsFile
 
 
 @pytest.fixture

@@ -24,13 +24,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from hpcinfer.errors import JobError
-from hpcinfer.io.safetensors_file import (
-    SafetensorsFile,
-    TensorInfo,
-    read_header_bytes,
-    short_repr,
-    strict_json,
-)
+from hpcinfer.io.file_checks import clip, error_text, short_repr, strict_json
+from hpcinfer.io.safetensors_file import SafetensorsFile, TensorInfo, read_header_bytes
 
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -180,7 +175,7 @@ def _read_index(index: Path) -> tuple[dict, dict[str, str], bytes]:
             raise JobError(f"{index}: {size} bytes, more than an index can be")
         raw = index.read_bytes()
     except OSError as e:
-        raise JobError(f"{index}: cannot read ({e.strerror or e})") from None
+        raise JobError(f"{index}: cannot read ({error_text(e)})") from None
     body = strict_json(index, raw, "index")
     if not isinstance(body, dict):
         raise JobError(f"{index}: not a checkpoint index (not a JSON object)")
@@ -200,7 +195,7 @@ def _read_index(index: Path) -> tuple[dict, dict[str, str], bytes]:
         if not os.path.isfile(index.parent / file):  # False, never OSError, for odd names
             tensor = next(t for t, f in weight_map.items() if f == file)
             raise JobError(
-                f"{index}: shard file {index.parent / _clip(file)} "
+                f"{index}: shard file {index.parent / clip(file, 100)} "
                 f"(of tensor {short_repr(tensor)}) is missing"
             )
     return metadata, weight_map, raw
@@ -245,7 +240,3 @@ def _no_weights(folder: Path) -> str:
 def _printable(name: str) -> str:
     """A file name as a message can show it on one line."""
     return name if name.isprintable() else repr(name)
-
-
-def _clip(text: str, limit: int = 100) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -16,10 +16,8 @@ taken.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
-import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,18 @@ from typing import BinaryIO
 import numpy as np
 
 from hpcinfer.errors import JobError
+from hpcinfer.io.file_checks import (
+    bf16_to_f32,
+    check_memory,
+    contiguous,
+    error_text,
+    nonfinite_count,
+    read_into,
+    regular_file_size,
+    short_repr,
+    strict_json,
+    transposed_by_rows,
+)
 
 # safetensors dtype -> numpy dtype of the stored bytes (BF16 is decoded separately)
 STORED_DTYPES = {
@@ -49,10 +59,6 @@ MAX_HEADER_BYTES = 100 * 2**20  # the reference implementation's limit
 MAX_DIMS = 32  # numpy 1.x's limit on ndim (numpy 2 allows 64)
 INT64_MAX = 2**63 - 1
 TRANSPOSE_BLOCK_BYTES = 2**20  # read_transposed works through this many bytes at a time
-FINITE_BLOCK_ELEMENTS = 2**20  # nonfinite_count's temporary mask is at most this long
-# Reads smaller than this skip the memory check (a /proc lookup, ~60 us): they cannot be
-# the allocation that sinks a node, and read_transposed makes many of them.
-MEMORY_CHECK_MIN_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -65,79 +71,6 @@ class TensorInfo:
     @property
     def nbytes(self) -> int:
         return self.end - self.begin
-
-
-def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
-    """bfloat16 bits (as uint16) -> float32: they are the top half of a float32."""
-    return (raw.astype(np.uint32) << 16).view(np.float32)
-
-
-def nonfinite_count(array: np.ndarray) -> int:
-    """How many NaN or +-Inf values `array` holds (none in integer or bool arrays).
-
-    Counted a block of rows at a time, so checking a large weight costs no mask as big as
-    the weight and no copy of a strided view.
-    """
-    a = np.asarray(array)
-    if a.dtype.kind in "biu":
-        return 0
-    if a.ndim == 0:
-        return int(not np.isfinite(a))
-    step = max(1, FINITE_BLOCK_ELEMENTS // max(1, a[0].size if len(a) else 1))
-    return sum(
-        int(a[i : i + step].size - np.count_nonzero(np.isfinite(a[i : i + step])))
-        for i in range(0, len(a), step)
-    )
-
-
-def available_memory_bytes() -> int | None:
-    """Memory a new allocation can count on: MemAvailable, capped by a cgroup limit.
-
-    MemAvailable is the kernel's own estimate (free memory plus reclaimable page cache).
-    A cgroup (a SLURM job's --mem) can allow less than the node has; only its limit is
-    used, not its usage, which counts page cache the kernel would reclaim. None where
-    neither can be read (then reads are not refused for memory).
-    """
-    found = [m for m in (_meminfo_available(), _cgroup_limit()) if m is not None]
-    return min(found) if found else None
-
-
-def _meminfo_available() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:  # not Linux: free pages (an underestimate, but the best the OS says)
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def _cgroup_limit() -> int | None:
-    """This process's cgroup memory limit (v2 memory.max or v1 limit_in_bytes), if set."""
-    try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        _, controllers, where = line.split(":", 2)
-        if controllers == "":
-            root, name = Path("/sys/fs/cgroup"), "memory.max"
-        elif "memory" in controllers.split(","):
-            root, name = Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes"
-        else:
-            continue
-        # Inside a container the cgroup is mounted as the root: try its own path, then /.
-        for folder in (root / where.lstrip("/"), root):
-            try:
-                limit = int((folder / name).read_text())
-            except (OSError, ValueError):  # absent, or "max" (no limit)
-                continue
-            return limit if limit < 2**60 else None  # v1 writes "no limit" as ~2**63
-    return None
 
 
 class SafetensorsFile:
@@ -171,11 +104,11 @@ class SafetensorsFile:
         info = self.info(name)
         stored = STORED_DTYPES[info.dtype]
         shape = info.shape or (1,)
-        r0, r1 = _contiguous(rows, shape[0], "row")
+        r0, r1 = contiguous(rows, shape[0], "row")
         row_bytes = math.prod(shape[1:]) * stored.itemsize
         n_rows = r1 - r0
         if len(shape) == 2:
-            c0, c1 = _contiguous(cols, shape[1], "column")
+            c0, c1 = contiguous(cols, shape[1], "column")
             full_cols = (c0, c1) == (0, shape[1])
         elif cols != slice(None):
             raise ValueError(f"{name}: column slices need a 2-D tensor, got shape {info.shape}")
@@ -187,22 +120,22 @@ class SafetensorsFile:
         per_element = stored.itemsize + (decoded.itemsize if decoded != stored else 0)
         if dtype is not None and np.dtype(dtype) != decoded:
             per_element += np.dtype(dtype).itemsize
-        self._check_memory(name, out_shape, per_element)
+        check_memory(self.path, name, out_shape, per_element)
         try:
             with self.path.open("rb") as f:
                 _check_size(self.path, name, info, _current_size(f))
                 if full_cols:
                     data = np.empty(out_shape, dtype=stored)
                     offset = info.begin + r0 * row_bytes
-                    _pread_into(f, self.path, name, offset, memoryview(data).cast("B"))
+                    read_into(f, self.path, name, offset, memoryview(data).cast("B"))
                 else:
                     # Row by row, straight into the result: no buffer beyond the slice itself.
                     data = np.empty(out_shape, dtype=stored)
                     for i in range(n_rows):
                         offset = info.begin + (r0 + i) * row_bytes + c0 * stored.itemsize
-                        _pread_into(f, self.path, name, offset, memoryview(data[i]).cast("B"))
+                        read_into(f, self.path, name, offset, memoryview(data[i]).cast("B"))
         except OSError as e:
-            raise JobError(f"{self.path}: tensor {name!r}: cannot read ({_oserror(e)})") from None
+            raise JobError(f"{self.path}: tensor {name!r}: cannot read ({error_text(e)})") from None
         if not info.shape:
             data = data.reshape(())
         if info.dtype == "BF16":
@@ -229,32 +162,21 @@ class SafetensorsFile:
         info = self.info(name)
         if len(info.shape) != 2:
             raise ValueError(f"{name}: read_transposed needs a 2-D tensor, got {info.shape}")
-        r0, r1 = _contiguous(rows, info.shape[0], "row")
-        c0, c1 = _contiguous(cols, info.shape[1], "column")
+        r0, r1 = contiguous(rows, info.shape[0], "row")
+        c0, c1 = contiguous(cols, info.shape[1], "column")
         n_rows, n_cols = r1 - r0, c1 - c0
-        self._check_memory(name, (n_cols, n_rows), np.dtype(dtype).itemsize)
-        out = np.empty((n_cols, n_rows), dtype=dtype)
+        check_memory(self.path, name, (n_cols, n_rows), np.dtype(dtype).itemsize)
         block = max(1, TRANSPOSE_BLOCK_BYTES // max(1, n_cols * STORED_DTYPES[info.dtype].itemsize))
-        for i in range(0, n_rows, block):
-            m = min(block, n_rows - i)
-            part = self.read(name, rows=slice(r0 + i, r0 + i + m), cols=slice(c0, c1))
-            out[:, i : i + m] = part.T
+        out = transposed_by_rows(
+            lambda i, j: self.read(name, rows=slice(r0 + i, r0 + j), cols=slice(c0, c1)),
+            n_rows,
+            n_cols,
+            dtype,
+            block,
+        )
         if check_finite:
             self._check_finite(name, out, cast=True)
         return out
-
-    def _check_memory(self, name: str, shape: tuple[int, ...], bytes_per_element: int) -> None:
-        """Refuse a read whose buffers would exceed the memory available, before any is
-        taken (the header guarantees the bytes exist; a sparse file can still claim TiB)."""
-        need = math.prod(shape) * bytes_per_element
-        if need < MEMORY_CHECK_MIN_BYTES:
-            return
-        avail = available_memory_bytes()
-        if avail is not None and need > avail:
-            raise JobError(
-                f"{self.path}: tensor {name!r}: reading {list(shape)} needs "
-                f"{_human(need)} of memory but only {_human(avail)} is available"
-            )
 
     def _check_finite(self, name: str, data: np.ndarray, cast: bool) -> None:
         if bad := nonfinite_count(data):
@@ -274,7 +196,7 @@ def read_header_bytes(path: str | Path) -> bytes:
 def _header_bytes(path: Path) -> tuple[bytes, int]:
     """(length prefix + header, file size); the length is checked against the file
     before a buffer of that length is taken."""
-    size = _regular_file_size(path)
+    size = regular_file_size(path)
     try:
         with path.open("rb") as f:
             head = f.read(8)
@@ -288,25 +210,10 @@ def _header_bytes(path: Path) -> tuple[bytes, int]:
                 )
             raw = f.read(n)
     except OSError as e:
-        raise JobError(f"{path}: cannot read ({_oserror(e)})") from None
+        raise JobError(f"{path}: cannot read ({error_text(e)})") from None
     if len(raw) < n:
         raise JobError(f"{path}: truncated while its header was read")
     return head + raw, size
-
-
-def strict_json(path: Path, raw: bytes, what: str) -> object:
-    """Parse `raw` as UTF-8 JSON with no duplicate keys, no NaN/Infinity literals, and no
-    nesting deep enough to exhaust the stack; any failure is one JobError line."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise JobError(f"{path}: bad JSON {what}: not UTF-8 (byte {e.start})") from None
-    try:
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-    except RecursionError:
-        raise JobError(f"{path}: bad JSON {what}: nested too deeply") from None
-    except ValueError as e:  # JSONDecodeError, duplicates, NaN, too many digits
-        raise JobError(f"{path}: bad JSON {what}: {_one_line(str(e))}") from None
 
 
 def _read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
@@ -390,68 +297,5 @@ def _current_size(f: BinaryIO) -> int:
     return os.fstat(f.fileno()).st_size
 
 
-def _pread_into(f: BinaryIO, path: Path, name: str, offset: int, view: memoryview) -> None:
-    f.seek(offset)
-    got = f.readinto(view)
-    if got != len(view):
-        raise JobError(
-            f"{path}: tensor {name!r}: file truncated (wanted {len(view)} bytes at offset "
-            f"{offset}, got {got})"
-        )
-
-
-def _contiguous(s: slice, n: int, what: str) -> tuple[int, int]:
-    start, stop, step = s.indices(n)
-    if step != 1:
-        raise ValueError(f"{what} slices must be contiguous, got step {step}")
-    return start, max(start, stop)
-
-
-def _regular_file_size(path: Path) -> int:
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise JobError(f"{path}: file not found") from None
-    except OSError as e:
-        raise JobError(f"{path}: cannot read ({_oserror(e)})") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise JobError(f"{path}: not a regular file")
-    return info.st_size
-
-
 def _is_count(x: object) -> bool:
     return type(x) is int and x >= 0  # bool is an int subclass, and not a count
-
-
-def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {short_repr(key)}")
-        out[key] = value
-    return out
-
-
-def _no_constant(name: str) -> object:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def short_repr(value: object, limit: int = 60) -> str:
-    """repr, shortened: the file's own strings must not make a message long or multi-line."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _oserror(e: OSError) -> str:
-    return e.strerror or _one_line(str(e))
-
-
-def _human(n: int) -> str:
-    if n < 1024:
-        return f"{n} bytes"
-    exponent = min(4, int(math.log(n, 1024)))
-    return f"{n / 1024**exponent:.1f} {('KiB', 'MiB', 'GiB', 'TiB')[exponent - 1]}"

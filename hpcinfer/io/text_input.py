@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from hpcinfer.errors import JobError
+from hpcinfer.io.file_checks import clip
 
 INDEX_BLOCK_BYTES = 64 * 2**20
 
@@ -44,7 +45,7 @@ def is_token_ids(value: object) -> bool:
 
 def _brief(value: object) -> str:
     text = "nothing (no such field)" if value is None else json.dumps(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return clip(text, 60)
 
 
 class TextRows:

@@ -11,62 +11,38 @@
    vocabulary), `add_prefix_space`, `add_bos_token`/`add_eos_token`.
 3. `vocab.txt` (BERT WordPiece): `do_lower_case`, `strip_accents`,
    `tokenize_chinese_chars`, `do_basic_tokenize` from tokenizer_config.json; [CLS] ... [SEP].
-4. A GGUF file's `tokenizer.ggml.*` metadata (pass a `GgufFile`): "gpt2" vocabularies
-   (byte-level BPE from tokens + merges, split the way llama.cpp splits for the file's
-   `tokenizer.ggml.pre`) and "llama" vocabularies (SentencePiece BPE with byte fallback,
-   merges rebuilt from tokens + scores).
+4. A GGUF file's `tokenizer.ggml.*` metadata (pass a `GgufFile`): built by
+   `gguf_tokenizer`.
 
 Each is checked against the reference implementation (transformers' slow Python
 tokenizers for 2 and 3, sentencepiece and transformers' GGUF loader for 4) by
 tests/test_tokenizer_files.py on the lines of data/fixtures/tokenizers/. Where the
 references disagree with each other, this module follows the one named in the comments.
 
-The result is a small frozen `TextTokenizer`: it truncates to `max_length` (special tokens
-included), never pads, and says where it came from. None means the source has no
+The result is a `TextTokenizer` (see `text_tokenizer`). None means the source has no
 tokenizer at all (a job over token ids needs none); a tokenizer file that is there but
 damaged is one JobError line naming it.
-
-`encode_batch` runs on the `tokenizers` Rayon thread pool; its size is RAYON_NUM_THREADS
-(or TOKENIZERS_PARALLELISM=false for one thread), which the runtime should set with the
-other per-rank thread counts.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, processors
 from tokenizers import pre_tokenizers as pre
 
 from hpcinfer.errors import JobError
+from hpcinfer.io.file_checks import error_text
 from hpcinfer.io.gguf_file import GgufFile
-
-
-@dataclass(frozen=True)
-class TextTokenizer:
-    """A ready tokenizer: texts in, token ids out, cut to `max_length`, never padded."""
-
-    tokenizer: Tokenizer = field(repr=False, compare=False)
-    source: Path  # the file it was built from
-    kind: str  # "tokenizer.json", "bpe", "wordpiece", "gguf-gpt2", "gguf-llama"
-    max_length: int
-    vocab_size: int  # added tokens included: the largest id is vocab_size - 1
-    bos_id: int | None
-    eos_id: int | None
-    adds_bos: bool  # encode_batch starts every text with bos_id
-    chat_template: str | None = field(default=None, repr=False)
-    prefix: str = ""  # put before every text (GPT2Tokenizer's add_prefix_space: " ")
-
-    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
-        """Token ids (int64) of each text, special tokens added as the model expects."""
-        texts = [self.prefix + t for t in texts] if self.prefix else list(texts)
-        encodings = self.tokenizer.encode_batch(texts)
-        return [np.asarray(e.ids, dtype=np.int64) for e in encodings]
+from hpcinfer.io.gguf_tokenizer import tokenizer_from_gguf
+from hpcinfer.io.text_tokenizer import (
+    TextTokenizer,
+    add_specials,
+    bos_eos_template,
+    finish_tokenizer,
+)
 
 
 def load_tokenizer(source: str | Path | GgufFile, max_length: int) -> TextTokenizer | None:
@@ -75,7 +51,7 @@ def load_tokenizer(source: str | Path | GgufFile, max_length: int) -> TextTokeni
     if max_length < 1:
         raise ValueError(f"max_length must be at least 1, got {max_length}")
     if isinstance(source, GgufFile):
-        return _from_gguf(source, max_length)
+        return tokenizer_from_gguf(source, max_length)
     folder = Path(source)
     if (folder / "tokenizer.json").is_file():
         return _from_tokenizer_json(folder, max_length)
@@ -86,37 +62,7 @@ def load_tokenizer(source: str | Path | GgufFile, max_length: int) -> TextTokeni
     return None
 
 
-# ---- shared pieces ----
-
-
-def _finish(
-    tok: Tokenizer,
-    source: Path,
-    kind: str,
-    max_length: int,
-    bos_id: int | None,
-    eos_id: int | None,
-    chat_template: str | None,
-    prefix: str = "",
-) -> TextTokenizer:
-    """Probe whether BOS is added, then set truncation (specials included) and no padding."""
-    tok.no_truncation()
-    tok.no_padding()
-    first = tok.encode(prefix).ids[:1]
-    adds_bos = bos_id is not None and first == [bos_id]
-    tok.enable_truncation(max_length=max_length)
-    return TextTokenizer(
-        tokenizer=tok,
-        source=source,
-        kind=kind,
-        max_length=max_length,
-        vocab_size=tok.get_vocab_size(with_added_tokens=True),
-        bos_id=bos_id,
-        eos_id=eos_id,
-        adds_bos=adds_bos,
-        chat_template=chat_template,
-        prefix=prefix,
-    )
+# ---- the folder's configs, shared by 1-3 ----
 
 
 def _read_json(path: Path, required: bool = False) -> dict:
@@ -189,22 +135,6 @@ def _special_id(tok: Tokenizer, config: dict, key: str, where: Path) -> int | No
     return None if content is None else tok.token_to_id(content)
 
 
-def _add_specials(tok: Tokenizer, tokens: list[AddedToken]) -> None:
-    """Add tokens (deduplicated, in order); one that would get a new id extends the
-    vocabulary, as transformers does."""
-    seen, unique = set(), []
-    for t in tokens:
-        if t.content not in seen:
-            seen.add(t.content)
-            unique.append(t)
-    special = [t for t in unique if t.special]
-    plain = [t for t in unique if not t.special]
-    if plain:
-        tok.add_tokens(plain)
-    if special:
-        tok.add_special_tokens(special)
-
-
 # ---- 1. tokenizer.json ----
 
 
@@ -213,17 +143,13 @@ def _from_tokenizer_json(folder: Path, max_length: int) -> TextTokenizer:
     try:
         tok = Tokenizer.from_file(str(path))
     except Exception as e:  # the library raises a bare Exception with serde's message
-        raise JobError(f"{path}: not a valid tokenizer.json ({_one_line(e)})") from None
+        raise JobError(f"{path}: not a valid tokenizer.json ({error_text(e)})") from None
     config = _configs(folder)
     where = folder / "tokenizer_config.json"
     bos = _special_id(tok, config, "bos_token", where)
     eos = _special_id(tok, config, "eos_token", where)
     template = _chat_template(folder, config)
-    return _finish(tok, path, "tokenizer.json", max_length, bos, eos, template)
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())[:200]
+    return finish_tokenizer(tok, path, "tokenizer.json", max_length, bos, eos, template)
 
 
 # ---- 2. vocab.json + merges.txt (GPT-2 style byte-level BPE) ----
@@ -251,7 +177,7 @@ def _from_vocab_merges(folder: Path, max_length: int) -> TextTokenizer:
     try:
         tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
     except Exception as e:
-        raise JobError(f"{merges_path}: does not fit vocab.json ({_one_line(e)})") from None
+        raise JobError(f"{merges_path}: does not fit vocab.json ({error_text(e)})") from None
     # GPT2Tokenizer puts one space before the whole text, even an empty one or one that
     # starts with a space or a special token: not what ByteLevel(add_prefix_space=True) or
     # a Prepend normalizer (per segment between special tokens, never on empty) do.
@@ -261,13 +187,13 @@ def _from_vocab_merges(folder: Path, max_length: int) -> TextTokenizer:
     for key in ("unk_token", "bos_token", "eos_token"):
         if key not in config and GPT2_DEFAULT_SPECIAL in vocab:
             config[key] = GPT2_DEFAULT_SPECIAL
-    _add_specials(tok, _config_specials(config, config_path))
+    add_specials(tok, _config_specials(config, config_path))
     bos = _special_id(tok, config, "bos_token", config_path)
     eos = _special_id(tok, config, "eos_token", config_path)
     add_bos, add_eos = bool(config.get("add_bos_token")), bool(config.get("add_eos_token"))
-    tok.post_processor = _template(tok, bos if add_bos else None, eos if add_eos else None)
+    tok.post_processor = bos_eos_template(tok, bos if add_bos else None, eos if add_eos else None)
     template = _chat_template(folder, config)
-    return _finish(tok, vocab_path, "bpe", max_length, bos, eos, template, prefix)
+    return finish_tokenizer(tok, vocab_path, "bpe", max_length, bos, eos, template, prefix)
 
 
 def _read_merges(path: Path) -> list[tuple[str, str]]:
@@ -317,18 +243,6 @@ def _config_specials(config: dict, where: Path) -> list[AddedToken]:
     return tokens
 
 
-def _template(tok: Tokenizer, bos: int | None, eos: int | None) -> processors.TemplateProcessing:
-    """ "[bos] $A [eos]" with whichever of the two is given."""
-    pieces, specials = ["$A"], {}
-    for index, at_start in ((bos, True), (eos, False)):
-        if index is None:
-            continue
-        content = tok.id_to_token(index)
-        specials[content] = index
-        pieces.insert(0, content) if at_start else pieces.append(content)
-    return processors.TemplateProcessing(single=pieces, special_tokens=list(specials.items()))
-
-
 # ---- 3. vocab.txt (BERT WordPiece) ----
 
 
@@ -364,7 +278,7 @@ def _from_vocab_txt(folder: Path, max_length: int) -> TextTokenizer:
     else:
         tok.pre_tokenizer = pre.WhitespaceSplit()
     tok.decoder = decoders.WordPiece()
-    _add_specials(tok, _config_specials(config, config_path))
+    add_specials(tok, _config_specials(config, config_path))
     cls, sep = tok.token_to_id(special["cls_token"]), tok.token_to_id(special["sep_token"])
     tok.post_processor = processors.TemplateProcessing(
         single=f"{special['cls_token']}:0 $A:0 {special['sep_token']}:0",
@@ -372,7 +286,9 @@ def _from_vocab_txt(folder: Path, max_length: int) -> TextTokenizer:
     )
     bos = _special_id(tok, config, "bos_token", config_path)
     eos = _special_id(tok, config, "eos_token", config_path)
-    return _finish(tok, path, "wordpiece", max_length, bos, eos, _chat_template(folder, config))
+    return finish_tokenizer(
+        tok, path, "wordpiece", max_length, bos, eos, _chat_template(folder, config)
+    )
 
 
 def _bert_normalizer(lower: bool, strip: bool, chinese: bool) -> normalizers.Normalizer:
@@ -390,203 +306,3 @@ def _bert_normalizer(lower: bool, strip: bool, chinese: bool) -> normalizers.Nor
     if strip:
         steps += [normalizers.NFD(), normalizers.Replace(Regex(r"\p{Mn}"), "")]
     return normalizers.Sequence(steps)
-
-
-# ---- 4. GGUF metadata ----
-
-_GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
-_LLAMA3_SPLIT = (
-    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+"
-    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_QWEN2_SPLIT = (
-    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+"
-    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-# tokenizer.ggml.pre -> llama.cpp's regexes (src/llama-vocab.cpp), applied one after the
-# other, each splitting the pieces of the one before; ignore_merges for the llama3 group.
-GGUF_PRE_SPLITS: dict[str, tuple[list[str], bool]] = {
-    "default": ([r"[\p{P}\$\+<=>\^~\|]+", _GPT2_SPLIT, r"\p{N}+", r"[0-9][0-9][0-9]"], False),
-    "gpt-2": ([_GPT2_SPLIT], False),
-    "gpt2": ([_GPT2_SPLIT], False),
-    "llama-bpe": ([_LLAMA3_SPLIT], True),
-    "llama3": ([_LLAMA3_SPLIT], True),
-    "llama-v3": ([_LLAMA3_SPLIT], True),
-    "smollm": ([r"\p{N}", _GPT2_SPLIT], False),
-    "starcoder": ([r"\p{N}", _GPT2_SPLIT], False),
-    "refact": ([r"\p{N}", _GPT2_SPLIT], False),
-    "qwen2": ([_QWEN2_SPLIT], False),
-}
-# llama.cpp's token types
-_CONTROL, _USER_DEFINED = 3, 4
-
-
-def _from_gguf(gguf: GgufFile, max_length: int) -> TextTokenizer | None:
-    model = gguf.meta_str("tokenizer.ggml.model", default=None)
-    if model is None:
-        return None
-    if model == "gpt2":
-        tok = _gguf_byte_level(gguf)
-    elif model == "llama":
-        tok = _gguf_sentencepiece(gguf)
-    else:
-        raise JobError(
-            f"{gguf.path}: tokenizer.ggml.model {model!r} is not supported "
-            "(supported: 'gpt2' byte-level BPE, 'llama' SentencePiece BPE)"
-        )
-    n = tok.get_vocab_size(with_added_tokens=True)
-    ids = {}
-    for name in ("bos", "eos"):
-        index = gguf.meta_int(f"tokenizer.ggml.{name}_token_id", default=None)
-        if index is not None and not 0 <= index < n:
-            raise JobError(
-                f"{gguf.path}: tokenizer.ggml.{name}_token_id {index} is outside the "
-                f"{n}-token vocabulary"
-            )
-        ids[name] = index
-    # llama.cpp: BOS by default for SentencePiece and the llama3 split, else not
-    pre_name = gguf.meta_str("tokenizer.ggml.pre", default="default")
-    default_bos = model == "llama" or pre_name in ("llama-bpe", "llama3", "llama-v3")
-    add_bos = gguf.meta_bool("tokenizer.ggml.add_bos_token", default=default_bos)
-    add_eos = gguf.meta_bool("tokenizer.ggml.add_eos_token", default=False)
-    bos = ids["bos"] if add_bos else None
-    eos = ids["eos"] if add_eos else None
-    tok.post_processor = _template(tok, bos, eos)
-    template = gguf.meta_str("tokenizer.chat_template", default=None)
-    return _finish(tok, gguf.path, f"gguf-{model}", max_length, ids["bos"], ids["eos"], template)
-
-
-def _gguf_tokens(gguf: GgufFile) -> tuple[list[str], list[int]]:
-    tokens = gguf.meta_list("tokenizer.ggml.tokens")
-    if not tokens or not all(isinstance(t, str) for t in tokens):
-        raise JobError(f"{gguf.path}: tokenizer.ggml.tokens must be a non-empty list of strings")
-    types = gguf.meta_list("tokenizer.ggml.token_type", default=[1] * len(tokens))
-    if len(types) != len(tokens):
-        raise JobError(
-            f"{gguf.path}: tokenizer.ggml.token_type has {len(types)} entries for "
-            f"{len(tokens)} tokens"
-        )
-    return tokens, types
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character table (the byte-level "alphabet")."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
-    keep += range(ord("®"), ord("ÿ") + 1)
-    table, extra = {b: chr(b) for b in keep}, 0
-    for b in range(256):
-        if b not in table:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
-
-
-def _gguf_byte_level(gguf: GgufFile) -> Tokenizer:
-    """Byte-level BPE from tokens + merges; split as llama.cpp does for this `pre`."""
-    tokens, types = _gguf_tokens(gguf)
-    merges_raw = gguf.meta_list("tokenizer.ggml.merges", default=None)
-    if merges_raw is None:
-        raise JobError(
-            f"{gguf.path}: tokenizer.ggml.merges is missing (a gpt2 vocabulary needs it)"
-        )
-    pre_name = gguf.meta_str("tokenizer.ggml.pre", default="default")
-    if pre_name not in GGUF_PRE_SPLITS:
-        raise JobError(
-            f"{gguf.path}: tokenizer.ggml.pre {pre_name!r} is not supported "
-            f"(supported: {', '.join(GGUF_PRE_SPLITS)})"
-        )
-    splits, ignore_merges = GGUF_PRE_SPLITS[pre_name]
-    # Tokens are spelled in the byte alphabet; one that is not (a raw space, say) is
-    # respelled from its UTF-8 bytes, as transformers does.
-    spell = _bytes_to_unicode()
-    alphabet = set(spell.values())
-    vocab = {}
-    for index, token in enumerate(tokens):
-        if not set(token) <= alphabet:
-            token = "".join(spell[b] for b in token.encode("utf-8"))
-        vocab.setdefault(token, index)
-    merges = []
-    for number, merge in enumerate(merges_raw):
-        parts = merge.split(" ") if isinstance(merge, str) else []
-        if len(parts) != 2:
-            raise JobError(
-                f"{gguf.path}: tokenizer.ggml.merges[{number}] is not a merge ('left right'): "
-                f"{str(merge)[:60]!r}"
-            )
-        merges.append((parts[0], parts[1]))
-    try:
-        tok = Tokenizer(
-            models.BPE(vocab=vocab, merges=merges, fuse_unk=False, ignore_merges=ignore_merges)
-        )
-    except Exception as e:
-        raise JobError(
-            f"{gguf.path}: tokenizer.ggml.merges do not fit the tokens ({_one_line(e)})"
-        ) from None
-    steps = [pre.Split(Regex(r), behavior="isolated") for r in splits]
-    tok.pre_tokenizer = pre.Sequence(
-        [*steps, pre.ByteLevel(add_prefix_space=False, use_regex=False)]
-    )
-    tok.decoder = decoders.ByteLevel()
-    # Control tokens (<|im_start|>, ...) stay whole as special tokens; one not spelled in
-    # the byte alphabet is a mislabel and is skipped (transformers does the same).
-    _add_specials(tok, _gguf_added(tokens, types, alphabet))
-    return tok
-
-
-def _gguf_added(tokens: list[str], types: list[int], alphabet: set[str] | None) -> list[AddedToken]:
-    added = []
-    for token, kind in zip(tokens, types, strict=True):
-        if kind == _CONTROL and (alphabet is None or set(token) <= alphabet):
-            added.append(AddedToken(token, normalized=False, special=True))
-        elif kind == _USER_DEFINED:
-            added.append(AddedToken(token, normalized=False, special=False))
-    return added
-
-
-def _gguf_sentencepiece(gguf: GgufFile) -> Tokenizer:
-    """SentencePiece BPE (Llama 1/2, Mistral v1 vocabularies): merges rebuilt from the
-    tokens' scores, "▁" for spaces, a "▁" prefix unless add_space_prefix is false, and
-    <0xXX> byte tokens for characters the vocabulary lacks."""
-    tokens, types = _gguf_tokens(gguf)
-    scores = gguf.meta_list("tokenizer.ggml.scores", default=None)
-    if scores is None or len(scores) != len(tokens):
-        raise JobError(
-            f"{gguf.path}: tokenizer.ggml.scores must give one score per token "
-            "(a llama vocabulary needs them)"
-        )
-    vocab = {}
-    for index, token in enumerate(tokens):
-        vocab.setdefault(token, index)
-    unk_id = gguf.meta_int("tokenizer.ggml.unknown_token_id", default=0)
-    unk = tokens[unk_id] if 0 <= unk_id < len(tokens) else None
-    merges = _merges_from_scores(tokens, scores, vocab)
-    tok = Tokenizer(
-        models.BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True)
-    )
-    steps = []
-    if gguf.meta_bool("tokenizer.ggml.add_space_prefix", default=True):
-        steps.append(normalizers.Prepend("▁"))
-    steps.append(normalizers.Replace(" ", "▁"))
-    tok.normalizer = normalizers.Sequence(steps)
-    tok.decoder = decoders.Sequence(
-        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
-    )
-    _add_specials(tok, _gguf_added(tokens, types, None))
-    return tok
-
-
-def _merges_from_scores(
-    tokens: list[str], scores: list[float], vocab: dict[str, int]
-) -> list[tuple[str, str]]:
-    """Every (left, right) split of a token into two tokens, best merged score first:
-    SentencePiece merges the adjacent pair whose result scores highest."""
-    found = []
-    for token, score in zip(tokens, scores, strict=True):
-        if vocab.get(token) is None or len(token) < 2:
-            continue
-        for cut in range(1, len(token)):
-            left, right = token[:cut], token[cut:]
-            if left in vocab and right in vocab:
-                found.append((-score, vocab[left], vocab[right], left, right))
-    found.sort()
-    return [(left, right) for *_, left, right in found]

@@ -10,12 +10,12 @@ from hpcinfer.checkpoint.identity import job_identity
 from hpcinfer.checkpoint.lock import lock_path_for, read_holder
 from hpcinfer.checkpoint.state import ResumeState, Start, resume_state
 from hpcinfer.errors import JobError
+from hpcinfer.io.file_checks import human_bytes
 from hpcinfer.io.inputs import describe_reader
 from hpcinfer.models import InputKind
 from hpcinfer.parallel.partition import split_range
 from hpcinfer.parallel.runtime import Runtime
 from hpcinfer.plan import Plan
-from hpcinfer.tools.format import human_bytes
 
 
 def describe_start(plan: Plan, state: ResumeState) -> str:

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 
 from hpcinfer.errors import JobError
+from hpcinfer.io.file_checks import human_bytes
 from hpcinfer.io.safetensors_file import SafetensorsFile
 from hpcinfer.models import family_of, read_config
 from hpcinfer.models.shards import table_elements
-from hpcinfer.tools.format import human_bytes
 
 CANDIDATE_TP = (1, 2, 3, 4, 6, 8, 12, 16)
 HEADROOM = 1.25  # weights x this must fit: activations, buffers, the interpreter
