@@ -18,7 +18,7 @@ from typing import Any
 from hpcinfer.checkpoint.chunk_files import ChunkFile, ChunkStore
 from hpcinfer.checkpoint.journal import ChunkRun, JournalWriter, Progress
 from hpcinfer.checkpoint.writer import ChunkWriter
-from hpcinfer.errors import BadRow, JobError
+from hpcinfer.errors import BadRow, JobError, RunError
 from hpcinfer.io.inputs import Reader
 from hpcinfer.models import InputKind, Model
 from hpcinfer.parallel.runtime import Runtime
@@ -60,6 +60,7 @@ class RankWork:
     log: list[tuple[int, ChunkRun]]  # chunks this rank's group finished (leaders only)
     metrics: dict[str, Any]
     epoch: float  # the loop's start (Unix time): chunk times are seconds after it
+    error: str | None = None  # bad input this rank found (the run then stops everywhere)
 
 
 @dataclass
@@ -82,19 +83,28 @@ def compute_pending(
     writer = None  # only a TP group's leader writes its group's results
     if grid.is_leader:
         writer = ChunkWriter(JournalWriter(plan.partial_dir, rt.rank) if run.checkpoint else None)
-    claims = GroupClaims(grid, len(pending), run.balance, should_stop=stop.requested)
+    halt = stop.SharedStop(rt.comm)
+    claims = GroupClaims(grid, len(pending), run.balance, should_stop=halt.should_stop)
     progress = LiveProgress(
         rt.comm, plan.n_rows, before.rows, options.progress_interval, options.quiet
     )
     rt.comm.Barrier()
     epoch = rt.comm.bcast(time.time(), root=0)  # chunk log times are seconds since this
-    t_loop, timers = time.perf_counter(), Timers()
-    for done, position in enumerate(claims):
+    t_loop, timers, error = time.perf_counter(), Timers(), None
+    stream = iter(claims)
+    for done, position in enumerate(stream):
         chunk = plan.chunks[pending[position]]
         t_chunk, start = time.perf_counter(), time.time() - epoch
         hooks.before_chunk(rt.rank, done, chunk, plan.n_rows)
         sink = None if writer is None else store.create(chunk.index, chunk.rows, plan.model.outputs)
-        timers.io += compute_chunk(plan.model, plan.reader, chunk, run.batch_size, sink, hooks)
+        try:
+            timers.io += compute_chunk(plan.model, plan.reader, chunk, run.batch_size, sink, hooks)
+        except JobError as e:  # bad input: the same rows fail on every rank of the TP group
+            error = str(e)
+            halt.raise_for_all(rt.rank)
+            if any(True for _ in stream) and not grid.is_leader:  # the leader went on
+                raise RunError(f"{e} (on rank {rt.rank} only, not its TP group)") from None
+            break
         if writer is not None:
             t_write = time.perf_counter()
             finished = ChunkRun(
@@ -111,9 +121,11 @@ def compute_pending(
     claims.close()
     progress.close()
     rt.comm.Barrier()  # every claimed chunk is done and recorded
+    halt.free()
     loop_seconds = time.perf_counter() - t_loop
     metrics = rank_metrics(plan, rt, timers, claims, writer, loop_seconds, load_seconds)
-    return RankWork(timers.log, metrics | {"peak_rss_mb_after_load": rss_after_load}, epoch)
+    metrics["peak_rss_mb_after_load"] = rss_after_load
+    return RankWork(timers.log, metrics, epoch, error)
 
 
 def compute_chunk(

@@ -21,7 +21,7 @@ import numpy as np
 
 from hpcinfer.checkpoint.assemble import assemble_output
 from hpcinfer.checkpoint.chunk_files import ChunkStore
-from hpcinfer.checkpoint.journal import ChunkRecord, ChunkRun, Progress
+from hpcinfer.checkpoint.journal import ChunkRecord, ChunkRun
 from hpcinfer.checkpoint.lock import RunLock
 from hpcinfer.checkpoint.state import ResumeState, Start, remove_partial_run
 from hpcinfer.compute import NO_HOOKS, Hooks, RankWork, RunOptions, compute_pending
@@ -68,8 +68,10 @@ def run_job(
             return 0
         work = compute_pending(plan, rt, state.progress, options, hooks, t0)
         everyone = rt.comm.gather(work, root=0)
-        complete = rt.rank != 0 or finish(plan, rt, state.progress, everyone, identity, t0)
-        return 0 if rt.comm.bcast(complete, root=0) else stop.EXIT_STOPPED
+        code = 0
+        if rt.rank == 0:
+            code = finish(plan, rt, state, everyone, identity, t0)
+        return rt.comm.bcast(code, root=0)
     finally:
         if lock is not None:
             lock.release()
@@ -96,9 +98,18 @@ def agreed_start(
 
 
 def finish(
-    plan: Plan, rt: Runtime, before: Progress, work: list[RankWork], identity: dict, t0: float
-) -> bool:
-    """Assemble the output if every chunk is done; else say how to resume. Rank 0 only."""
+    plan: Plan, rt: Runtime, state: ResumeState, work: list[RankWork], identity: dict, t0: float
+) -> int:
+    """Assemble the output if every chunk is done; else say why not and how to go on.
+    Rank 0 only; returns the run's exit code."""
+    before = state.progress
+    failed = [(r, w.error) for r, w in enumerate(work) if w.error]
+    if failed:  # bad input met mid-run: one line, from the first rank that met it
+        r, message = failed[0]
+        print(f"hpcinfer: error: {message} (on rank {r} of {rt.size})", file=sys.stderr)
+        if state.start is Start.FRESH:  # nothing of it is worth keeping: the input changes
+            remove_partial_run(plan.partial_dir)
+        return JobError.exit_code
     log = chunk_log([entry for w in work for entry in w.log], before.records)
     if len(log) != len(plan.chunks):
         print(
@@ -107,7 +118,7 @@ def finish(
             file=sys.stderr,
             flush=True,
         )
-        return False
+        return stop.EXIT_STOPPED
     check_every_chunk_once(log, len(plan.chunks))
     metrics = [w.metrics for w in work]
     attrs = output_attrs(
@@ -125,7 +136,7 @@ def finish(
     if not remove_partial_run(plan.partial_dir):
         print(f"hpcinfer: kept {plan.partial_dir}: it holds files hpcinfer did not make")
     report(plan, rt, time.perf_counter() - t0, attrs["balance_summary"])
-    return True
+    return 0
 
 
 def chunk_log(this_run: list[tuple[int, ChunkRun]], earlier: dict[int, ChunkRecord]) -> np.ndarray:

@@ -224,8 +224,8 @@ def score_job(tmp_path_factory, reference):
     )
 
 
-def run_scores(job: Path, ranks: int, tp: int, backend: str, *sets: str) -> dict:
-    out = job.parent / f"out-{ranks}-{tp}-{backend}-{len(sets)}.h5"
+def run_scores(job: Path, ranks: int, tp: int, backend: str, *sets: str, tag: str = "") -> dict:
+    out = job.parent / f"out-{ranks}-{tp}-{backend}-{len(sets)}{tag}.h5"
     args = ["run", str(job), "--tp", str(tp), "--backend", backend, "--quiet"]
     for s in (f"output.path='{out}'", *sets):
         args += ["--set", s]
@@ -261,7 +261,9 @@ def test_hdf5_inputs(score_job, reference, kind):
             data = f.create_dataset("rows", (len(ids),), dtype=h5py.vlen_dtype(np.int32))
             for i, e in enumerate(ids):
                 data[i] = e.ids
-    got = run_scores(score_job, 3, 3, "numpy", f"input.path='{path}'", "input.dataset=rows")
+    got = run_scores(
+        score_job, 3, 3, "numpy", f"input.path='{path}'", "input.dataset=rows", tag=kind
+    )
     assert_scores(got, reference)
 
 

@@ -7,6 +7,7 @@ The soak (many random kills) runs with HPCINFER_SOAK=N (e.g. 50); CI runs a quic
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -216,7 +217,8 @@ def kill_launcher_at_random(tmp_path, job, rng):
     done_before = journal_records(partial)
     target = done_before + rng.randrange(0, 40)
     wait_for(lambda: journal_records(partial) >= target or proc.poll() is not None, 120, "chunks")
-    os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):  # it may have finished first
+        os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     return proc
 

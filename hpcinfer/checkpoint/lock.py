@@ -40,25 +40,33 @@ def lock_path_for(output: Path) -> Path:
     return output.with_name(output.name + ".lock")
 
 
-def process_start(pid: int) -> str | None:
-    """The kernel's start time of `pid` (ticks since boot), to tell a reused pid apart."""
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (state first), or None."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     except OSError:
         return None
-    return stat.rpartition(")")[2].split()[19]  # field 22 of stat, counting from 1
+
+
+def process_start(pid: int) -> str | None:
+    """The kernel's start time of `pid` (ticks since boot), to tell a reused pid apart."""
+    fields = _proc_stat(pid)
+    return fields[19] if fields else None  # field 22 of stat, counting from 1
 
 
 def alive_here(pid: int, start: str | None) -> bool:
-    """Whether the process `pid` that started at `start` still runs on this host."""
+    """Whether the process `pid` that started at `start` still runs on this host (a
+    killed process not yet reaped, a zombie, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, another user's
         pass
-    now = process_start(pid)
-    return start is None or now is None or now == start
+    fields = _proc_stat(pid)
+    if fields is None:
+        return True  # no /proc here: trust kill(0)
+    return fields[0] not in ("Z", "X") and (start is None or fields[19] == start)
 
 
 @dataclass(frozen=True)
@@ -97,8 +105,6 @@ def read_holder(path: Path) -> Holder | None:
     except (UnicodeDecodeError, json.JSONDecodeError):
         info = None
     if not isinstance(info, dict) or not all(k in info for k in LOCK_KEYS):
-        if not raw:  # a holder between creating the file and writing it
-            return Holder({k: "?" for k in LOCK_KEYS}, age)
         raise JobError(
             f"{path}: exists but is not an hpcinfer run lock; hpcinfer will not remove "
             "it: move it away if no run uses this output"
@@ -123,10 +129,19 @@ class RunLock:
         }
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._made: list[Path] = []  # folders created for the output, removed if left empty
 
     def acquire(self) -> RunLock:
         """Take the lock, clearing a stale one; JobError (exit 2) if a live run holds it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        missing = [p for p in (self.path.parent, *self.path.parent.parents) if not p.exists()]
+        for folder in reversed(missing):
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise JobError(f"{folder}: cannot create the output's folder ({e})") from None
+            self._made.append(folder)
         for _ in range(5):  # a stale lock removed by a racing run: try again
             if self._create():
                 self._thread = threading.Thread(target=self._beat, name="lock", daemon=True)
@@ -135,28 +150,33 @@ class RunLock:
             holder = read_holder(self.path)
             if holder is None:
                 continue
-            if holder.info["host"] == "?" and holder.age_seconds < STALE_SECONDS:
-                raise JobError(f"{self.path}: another run is starting on this output")
             if not holder.stale():
+                self.release()
                 raise JobError(
                     f"{self.path}: {holder.describe()} holds this output; hpcinfer runs one "
                     "job per output at a time (if that run is gone, delete the lock file, "
                     f"or wait: a lock not refreshed for {STALE_SECONDS:.0f} s is stale)"
                 )
             self._remove_stale(holder)
+        self.release()
         raise JobError(f"{self.path}: could not take the run lock (other runs keep racing)")
 
     def _create(self) -> bool:
+        """Publish the lock whole: written under a private name, then hard-linked into
+        place (atomic, and fails if the lock exists, on NFS too), so it is never empty."""
+        tmp = self.path.with_name(f".{self.path.name}.{self.run_id}.tmp")
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with tmp.open("x") as f:
+                json.dump(self.info, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, self.path)
         except FileExistsError:
             return False
         except OSError as e:
             raise JobError(f"{self.path}: cannot create the run lock ({e.strerror or e})") from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.info, f)
-            f.flush()
-            os.fsync(f.fileno())
+        finally:
+            tmp.unlink(missing_ok=True)
         return True
 
     def _remove_stale(self, holder: Holder) -> None:
@@ -191,3 +211,6 @@ class RunLock:
             self._thread.join()
         if self.still_ours():
             self.path.unlink(missing_ok=True)
+        for folder in reversed(self._made):  # a refused or failed run leaves no trace
+            with contextlib.suppress(OSError):
+                folder.rmdir()

@@ -42,3 +42,29 @@ def install() -> None:
 
 def requested() -> bool:
     return _requested
+
+
+class SharedStop:
+    """A stop any rank can raise for all: the first failing rank writes its number into
+    rank 0's word (one MPI atomic); every group's leader reads that word before it claims
+    a chunk (~4 us) and stops, so a bad row found mid-run ends the run cleanly on every
+    rank, with no MPI_Abort. Collective to create and to free.
+    """
+
+    def __init__(self, comm: object):
+        from hpcinfer.parallel.comm import AtomicWords
+
+        self.words = AtomicWords(comm, initial=0)
+
+    def raise_for_all(self, rank: int) -> None:
+        self.words.compare_and_swap(0, 0, rank + 1)  # the first failure is the one named
+
+    def raised(self) -> bool:
+        return self.words.read(0) != 0
+
+    def should_stop(self) -> bool:
+        """Between chunks: a signal here, or a failure on any rank."""
+        return requested() or self.raised()
+
+    def free(self) -> None:
+        self.words.free()
