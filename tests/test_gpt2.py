@@ -79,7 +79,7 @@ def test_the_head_in_pieces_gives_the_same_scores(reference, monkeypatch):
 def test_token_ids_score_like_their_text(reference):
     model = load()
     texts = reference["text"][:20]
-    ids = [e.ids for e in model.tokenizer.encode_batch(texts)]
+    ids = [e.tolist() for e in model.tokenizer.encode_batch(texts)]
     np.testing.assert_allclose(
         model.predict_items(ids, 8)["logprob"], model.predict_items(texts, 8)["logprob"]
     )
@@ -260,7 +260,7 @@ def test_hdf5_inputs(score_job, reference, kind):
             ids = load().tokenizer.encode_batch(reference["text"])
             data = f.create_dataset("rows", (len(ids),), dtype=h5py.vlen_dtype(np.int32))
             for i, e in enumerate(ids):
-                data[i] = e.ids
+                data[i] = e
     got = run_scores(
         score_job, 3, 3, "numpy", f"input.path='{path}'", "input.dataset=rows", tag=kind
     )

@@ -159,7 +159,10 @@ def test_matches_scikit_learn_live(tmp_path, kind):
             ),
             "tensor 'layers.2.weight' not found",
         ),
-        (lambda d: (d / "model.safetensors").unlink(), "model.safetensors: file not found"),
+        (
+            lambda d: (d / "model.safetensors").unlink(),
+            "no model.safetensors or model.safetensors.index.json",
+        ),
     ],
 )
 def test_bad_model_folders_are_one_line_errors(tmp_path, mutate, expected):

@@ -30,10 +30,11 @@ from typing import Any
 import numpy as np
 
 from hpcinfer.errors import JobError
-from hpcinfer.io.safetensors_file import SafetensorsFile
+from hpcinfer.io.safetensors_checkpoint import open_weights
+from hpcinfer.io.tokenizer_files import load_tokenizer
 from hpcinfer.models.base import OutputSpec
 from hpcinfer.models.shards import ShardTable, column, read_table, row, whole
-from hpcinfer.models.text import TextModel, check_heads_split, encode_items, load_tokenizer
+from hpcinfer.models.text import TextModel, check_heads_split, encode_items
 from hpcinfer.models.transformer import attention, gelu_erf, layer_norm, split_heads
 from hpcinfer.parallel.partition import split_slice
 from hpcinfer.parallel.tensor import Collectives, Solo, column_linear, row_linear
@@ -229,11 +230,12 @@ class BertEmbedder(TextModel):
         self, folder: Path, config: dict, backend: Any, dtype: str, tp: Collectives | None = None
     ):
         tp = tp or Solo()
-        weights = SafetensorsFile(folder / "model.safetensors")
+        weights = open_weights(folder)
         self.cfg = BertConfig.from_folder(folder, config, weights.tensors)
         check_heads_split(self.cfg.heads, tp.size, folder / "config.json")
         self.tokenizer = load_tokenizer(folder, self.cfg.max_length)
-        self.vocab_size = int(config.get("vocab_size", self.tokenizer.get_vocab_size()))
+        default_vocab = self.tokenizer.vocab_size if self.tokenizer else None
+        self.vocab_size = int(config.get("vocab_size", default_vocab))
         host = read_table(weights, self.cfg.shard_table(tp.rank, tp.size), dtype)
         self.outputs = {"embeddings": OutputSpec((self.cfg.hidden,), np.dtype("float32"))}
         self.bind(backend, dtype, tp, host, partial(bert_forward, cfg=self.cfg))

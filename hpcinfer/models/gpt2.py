@@ -32,10 +32,11 @@ from typing import Any
 import numpy as np
 
 from hpcinfer.errors import JobError
-from hpcinfer.io.safetensors_file import SafetensorsFile
+from hpcinfer.io.safetensors_checkpoint import open_weights
+from hpcinfer.io.tokenizer_files import load_tokenizer
 from hpcinfer.models.base import OutputSpec
 from hpcinfer.models.shards import Part, ShardTable, read_table, whole
-from hpcinfer.models.text import TextModel, check_heads_split, encode_items, load_tokenizer
+from hpcinfer.models.text import TextModel, check_heads_split, encode_items
 from hpcinfer.models.transformer import attention, gelu_erf, gelu_tanh, layer_norm, split_heads
 from hpcinfer.parallel.partition import split_range, split_slice
 from hpcinfer.parallel.tensor import (
@@ -270,7 +271,7 @@ class Gpt2Scorer(TextModel):
     ):
         tp = tp or Solo()
         where = folder / "config.json"
-        weights = SafetensorsFile(folder / "model.safetensors")
+        weights = open_weights(folder)
         self.cfg = Gpt2Config.from_json(config, where, weights.tensors)
         check_heads_split(self.cfg.heads, tp.size, where)
         if tp.size > self.cfg.vocab:

@@ -27,7 +27,7 @@ import numpy as np
 
 from hpcinfer.backends import compile_forward
 from hpcinfer.errors import JobError
-from hpcinfer.io.safetensors_file import SafetensorsFile
+from hpcinfer.io.safetensors_checkpoint import open_weights
 from hpcinfer.models.base import InputKind, OutputSpec
 from hpcinfer.models.params import tree_map, tree_nbytes
 from hpcinfer.models.shards import ShardTable, column, read_table, row, whole
@@ -248,7 +248,7 @@ class MLP:
         tp = tp or Solo()
         mlp_config = MLPConfig.from_json(config, folder / "config.json")
         mlp_config.check_tp(tp.size, folder / "config.json")
-        weights = SafetensorsFile(folder / "model.safetensors")
+        weights = open_weights(folder)
         host = read_table(weights, mlp_config.shard_table(tp.rank, tp.size), dtype)
         return cls(mlp_config, host, backend, dtype, tp)
 

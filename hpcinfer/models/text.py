@@ -18,6 +18,7 @@ import numpy as np
 
 from hpcinfer.backends import compile_forward
 from hpcinfer.errors import BadRow, JobError
+from hpcinfer.io.text_tokenizer import TextTokenizer
 from hpcinfer.models.base import InputKind
 from hpcinfer.models.params import tree_map, tree_nbytes
 from hpcinfer.parallel.tensor import Collectives
@@ -34,28 +35,25 @@ def padded_length(n: int) -> int:
         size *= 2
 
 
-def load_tokenizer(folder: Path, max_length: int) -> Any:
-    """tokenizer.json of a model folder, truncating to `max_length`, never padding."""
-    from tokenizers import Tokenizer
-
-    path = folder / "tokenizer.json"
-    if not path.is_file():
-        raise JobError(f"{path}: not found (a text model needs tokenizer.json)")
-    tokenizer = Tokenizer.from_file(str(path))
-    tokenizer.enable_truncation(max_length=max_length)
-    tokenizer.no_padding()
-    return tokenizer
-
-
 def encode_items(
-    tokenizer: Any, items: Sequence[Any], max_length: int, vocab_size: int
+    tokenizer: TextTokenizer | None, items: Sequence[Any], max_length: int, vocab_size: int
 ) -> list[np.ndarray]:
     """Token ids of each item: texts through the tokenizer, token-id lists as given (cut
-    to `max_length`). An id outside the vocabulary is a BadRow naming the item."""
+    to `max_length`). An id outside the vocabulary, or a text for a model without a
+    tokenizer, is a BadRow naming the item."""
     ids: list[np.ndarray | None] = [None] * len(items)
     texts = [i for i, item in enumerate(items) if isinstance(item, str)]
-    for i, encoding in zip(texts, tokenizer.encode_batch([items[i] for i in texts]), strict=True):
-        ids[i] = np.asarray(encoding.ids, dtype=np.int64)
+    if texts and tokenizer is None:
+        raise BadRow(
+            texts[0],
+            "a text, but the model folder has no tokenizer (tokenizer.json, vocab.json + "
+            "merges.txt, or vocab.txt): give token ids instead",
+        )
+    if texts:
+        for i, encoded in zip(
+            texts, tokenizer.encode_batch([items[i] for i in texts]), strict=True
+        ):
+            ids[i] = encoded
     for i, item in enumerate(items):
         if ids[i] is not None:
             continue

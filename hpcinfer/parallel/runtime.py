@@ -31,6 +31,7 @@ THREAD_VARS = (
     "BLIS_NUM_THREADS",
     "VECLIB_MAXIMUM_THREADS",
     "NUMEXPR_NUM_THREADS",
+    "RAYON_NUM_THREADS",  # the tokenizers library's pool
 )
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from hpcinfer.errors import JobError
 from hpcinfer.io.file_checks import human_bytes
-from hpcinfer.io.safetensors_file import SafetensorsFile
+from hpcinfer.io.safetensors_checkpoint import open_weights
 from hpcinfer.models import family_of, read_config
 from hpcinfer.models.shards import table_elements
 
@@ -55,7 +55,7 @@ def inspect_model(
     dtype: str = "float32",
 ) -> str:
     raw = read_config(folder)
-    header = SafetensorsFile(folder / "model.safetensors")  # the header only
+    header = open_weights(folder)  # the header only
     arch = family_of(folder, raw).load_module().architecture(folder, raw, header)
     shapes = {name: t.shape for name, t in header.tensors.items()}
     params = sum(int(np.prod(t.shape, dtype=np.int64)) for t in header.tensors.values())
