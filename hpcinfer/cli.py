@@ -167,12 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser(
         "inspect",
         help="a model's architecture, parameters, memory per rank for each tp, collectives",
-        description="Describe a model folder from its config.json and safetensors header "
-        "(the weights are never read): parameter count, bytes per stored dtype, weight "
-        "memory per rank and collectives per forward pass for each tensor-parallel size "
-        "that fits; with --ranks and --mem-per-rank, a recommended DP x TP layout.",
+        description="Describe a model folder from its config.json and safetensors header, "
+        "or a GGUF file from its header (the weights are never read): parameter count, "
+        "bytes per stored dtype, the tp values it can be split over, weight memory per rank "
+        "and collectives per forward pass for each tensor-parallel size that fits; with "
+        "--ranks and --mem-per-rank, a recommended DP x TP layout.",
     )
-    inspect.add_argument("model", help="model folder (config.json + model.safetensors)")
+    inspect.add_argument(
+        "model", help="model folder (config.json + model.safetensors) or a .gguf file"
+    )
     inspect.add_argument("--tp", type=positive(int), help="show only this tensor-parallel size")
     inspect.add_argument("--ranks", type=positive(int), help="ranks you will launch (for a layout)")
     inspect.add_argument(

@@ -2,7 +2,8 @@
 
 A job file has four sections:
 
-    [model]   path = "../data/models/digits-mlp", task (auto | predict | embed | score)
+    [model]   path = "../data/models/digits-mlp", task (auto | predict | embed | score),
+              pooling (auto | last_token | mean)
     [input]   path = "../data/digits.h5", dataset = "x"  (or a .jsonl with field = "text")
     [output]  path = "../out/digits-mlp.h5"
     [run]     backend, batch_size, chunk_size, dtype, threads, checkpoint, balance, tp,
@@ -30,6 +31,7 @@ INPUT_FORMATS = ("auto", "hdf5", "jsonl", "text")
 BALANCES = ("steal", "static")
 TP_COMMS = ("auto", "mpi", "host", "mpi4jax", "nccl")
 TASKS = ("auto", "predict", "embed", "score")
+POOLINGS = ("auto", "last_token", "mean")
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,9 @@ class ModelSection:
     # What to compute: predict (MLP outputs), embed (encoders), score (GPT-2 log-probs);
     # auto: the model type's own task (hpcinfer.models.TASKS).
     task: str = field(default="auto", metadata={"kind": str, "choices": TASKS})
+    # embed with a decoder (llama, qwen2, ...): last_token or mean over the tokens; auto:
+    # the folder's sentence-transformers pooling, else last_token (BERT: always its own).
+    pooling: str = field(default="auto", metadata={"kind": str, "choices": POOLINGS})
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """A job's identity: every fact that decides its output's content, and their fingerprint.
 
     model weights        per weight file: name, size, mtime and the hash of its header
-                         (never the tensor bytes: a 100 GB model costs a few stat calls)
+                         (never the tensor bytes: a 100 GB model costs a few stat calls;
+                         a .gguf model: its header holds the config and tokenizer too)
     model file <name>    every small file of the model folder a loader may read (config,
                          tokenizer, sentence-transformers modules, ...), by content hash
     input source <path>  the input file and every file it draws rows from (HDF5 external
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcinfer.errors import JobError
+from hpcinfer.io.gguf_header import read_header
 from hpcinfer.io.safetensors_checkpoint import weights_identity
 from hpcinfer.job import Job
 
@@ -32,6 +34,7 @@ MODEL_FILE_SUFFIXES = (".json", ".txt", ".model", ".jinja")
 MAX_MODEL_FILE_BYTES = 64 * 2**20  # larger "small" files are identified by size and mtime
 OUTPUT_SETTINGS = (
     ("model", "task"),
+    ("model", "pooling"),
     ("input", "format"),
     ("input", "dataset"),
     ("input", "field"),
@@ -48,8 +51,35 @@ def file_sha256(path: Path, block: int = 2**20) -> str:
     return h.hexdigest()
 
 
+def gguf_identity(path: Path) -> dict[str, Any]:
+    """A GGUF file by size, mtime and the hash of its header (metadata, tokenizer and
+    tensor table: everything before the first tensor's bytes), never its tensor data."""
+    header = read_header(path)  # checks the file; a damaged one is a JobError
+    start = min((t.begin for t in header.tensors.values()), default=None)
+    try:
+        st = path.stat()
+        with path.open("rb") as f:
+            head = f.read(st.st_size if start is None else start)
+    except OSError as e:
+        raise JobError(f"{path}: cannot read ({e.strerror or e})") from None
+    return {
+        "format": "gguf",
+        "files": [
+            {
+                "name": path.name,
+                "size": st.st_size,
+                "mtime_ns": st.st_mtime_ns,
+                "header_sha256": hashlib.sha256(head).hexdigest(),
+            }
+        ],
+    }
+
+
 def model_identity(folder: Path) -> dict[str, Any]:
-    """The weights by their headers, the folder's small files by content."""
+    """The weights by their headers, the folder's small files by content; a GGUF file
+    (metadata, tokenizer and all) by its header."""
+    if folder.suffix.lower() == ".gguf" and not folder.is_dir():
+        return {"model weights": gguf_identity(folder)}
     facts: dict[str, Any] = {"model weights": weights_identity(folder)}
     for path in sorted(folder.rglob("*")):
         if not path.is_file() or path.suffix not in MODEL_FILE_SUFFIXES:

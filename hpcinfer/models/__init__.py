@@ -1,11 +1,14 @@
 """Models: pure forward functions of (params, inputs), and loaders from model folders.
 
 A model folder holds `config.json` (its `model_type` selects the family) and the
-weights. Each family module offers the same three things:
+weights; a model may also be one llama.cpp `.gguf` file, whose metadata stands in for
+config.json (`model_type` from `general.architecture`). Each family module offers:
 
-    load(folder, config, backend, dtype, tp, task) -> Model   this rank's shard, bound
-    architecture(folder, config, weights) -> config object      for `inspect`: title,
+    load(path, config, backend, dtype, tp, task) -> Model     this rank's shard, bound
+    architecture(path, config, weights) -> config object        for `inspect`: title,
                                      misfit(tp), shard_table(rank, size), collectives(tp)
+    open_model_weights(path, config)  (optional) its weights under the names its shard
+                                     table uses (GGUF files); else `open_weights(folder)`
 
 Models import no MPI: they receive a `Collectives` (hpcinfer.parallel.tensor) and call
 the tensor-parallel kernels, so `inspect` and `status` run without mpi4py.
@@ -31,20 +34,43 @@ __all__ = ["FAMILIES", "InputKind", "Model", "OutputSpec", "family_of", "load_mo
 class Family:
     tasks: tuple[str, ...]  # what it can compute; the first is the default
     module: str  # imported only when a model of this family is loaded or inspected
+    poolings: tuple[str, ...] = ()  # model.pooling values its `embed` takes (none: its own)
 
     def load_module(self) -> ModuleType:
         return importlib.import_module(self.module)
 
 
+_DECODER = Family(("score", "embed"), "hpcinfer.models.llama", ("last_token", "mean"))
 FAMILIES = {
     "mlp": Family(("predict",), "hpcinfer.models.mlp"),
     "bert": Family(("embed",), "hpcinfer.models.bert"),
     "gpt2": Family(("score",), "hpcinfer.models.gpt2"),
+    "llama": _DECODER,
+    "mistral": _DECODER,
+    "qwen2": _DECODER,
+    "qwen3": _DECODER,
 }
 
 
+def is_gguf(path: Path) -> bool:
+    return path.suffix.lower() == ".gguf"
+
+
 def read_config(folder: Path) -> dict[str, Any]:
-    """config.json of a model folder, with errors that name the file."""
+    """config.json of a model folder (or the config a .gguf file's metadata describes),
+    with errors that name the file."""
+    if is_gguf(folder) and not folder.is_dir():
+        from hpcinfer.io.gguf_file import GgufFile
+        from hpcinfer.models.llama_gguf import gguf_config
+
+        if not folder.exists():
+            raise JobError(f"{folder}: GGUF file not found (model.path)")
+        return gguf_config(GgufFile(folder))
+    if folder.is_file():
+        raise JobError(
+            f"{folder}: model.path is a file but not a .gguf file; give a model folder "
+            "(config.json + weights) or a GGUF file"
+        )
     if not folder.is_dir():
         raise JobError(f"{folder}: model folder not found (model.path)")
     path = folder / "config.json"
@@ -62,11 +88,22 @@ def read_config(folder: Path) -> dict[str, Any]:
 def family_of(folder: Path, config: dict[str, Any]) -> Family:
     model_type = config.get("model_type")
     if model_type not in FAMILIES:
+        where = folder if is_gguf(folder) else folder / "config.json"
         raise JobError(
-            f"{folder / 'config.json'}: unsupported model_type {model_type!r} "
-            f"(known: {', '.join(FAMILIES)})"
+            f"{where}: unsupported model_type {model_type!r} (known: {', '.join(FAMILIES)})"
         )
     return FAMILIES[model_type]
+
+
+def open_model_weights(path: Path, config: dict[str, Any]) -> Any:
+    """The weights of a model (folder or GGUF file), header only, under the names its
+    family's shard table uses: what `inspect` reads."""
+    module = family_of(path, config).load_module()
+    if hasattr(module, "open_model_weights"):
+        return module.open_model_weights(path, config)
+    from hpcinfer.io.safetensors_checkpoint import open_weights
+
+    return open_weights(path)
 
 
 def load_model(
@@ -75,12 +112,15 @@ def load_model(
     dtype: str,
     tp: Collectives | None = None,
     task: str = "auto",
+    pooling: str = "auto",
 ) -> Model:
-    """Load this TP rank's shard of the model in `folder`, computing in `dtype`.
+    """Load this TP rank's shard of the model in `folder` (or GGUF file), computing in
+    `dtype`.
 
     `tp` is the TP group's collectives (hpcinfer.parallel.comm), which know this rank's
     place in the group; None means no tensor parallelism. `task` (model.task) must be
-    one the family can do; "auto" takes its default.
+    one the family can do; "auto" takes its default. `pooling` (model.pooling) is for
+    families whose `embed` can pool in several ways; "auto" lets the model decide.
     """
     config = read_config(folder)
     family = family_of(folder, config)
@@ -90,4 +130,18 @@ def load_model(
             f"({folder}); it can do: {', '.join(family.tasks)}"
         )
     task = family.tasks[0] if task == "auto" else task
-    return family.load_module().load(folder, config, backend, dtype, tp or Solo(), task)
+    options = {}
+    if pooling != "auto":
+        if task != "embed" or pooling not in family.poolings:
+            can = (
+                f"it takes {', '.join(family.poolings)} for task embed"
+                if family.poolings
+                else ("its pooling is its own")
+            )
+            raise JobError(
+                f"model.pooling = {pooling!r} does not apply to task {task!r} of model_type "
+                f"{config['model_type']!r} ({folder}); {can}"
+            )
+        options["pooling"] = pooling
+    module = family.load_module()
+    return module.load(folder, config, backend, dtype, tp or Solo(), task, **options)

@@ -38,18 +38,11 @@ from hpcinfer.models.base import OutputSpec
 from hpcinfer.models.shards import Part, ShardTable, read_table, whole
 from hpcinfer.models.text import TextModel, check_heads_split, encode_items
 from hpcinfer.models.transformer import attention, gelu_erf, gelu_tanh, layer_norm, split_heads
+from hpcinfer.models.vocab import LOGITS_BYTES, head_logprobs, vocab_lookup
 from hpcinfer.parallel.partition import split_range, split_slice
-from hpcinfer.parallel.tensor import (
-    Collectives,
-    Solo,
-    column_linear,
-    matmul,
-    reduce_from_tp_region,
-    row_linear,
-)
+from hpcinfer.parallel.tensor import Collectives, Solo, column_linear, row_linear
 
 ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu", "relu")
-LOGITS_BYTES = 256 * 2**20  # the head runs over as many rows as fit in this at a time
 
 
 @dataclass(frozen=True)
@@ -188,38 +181,12 @@ def activate(x: Any, name: str, xp: Any, erf: Any) -> Any:
     return gelu_tanh(x, xp)  # gelu_new, gelu_pytorch_tanh
 
 
-def vocab_lookup(table: Any, ids: Any, start: int, xp: Any, tp: Collectives) -> Any:
-    """Rows `ids` of a vocabulary split over the group: each rank fills the ids in its
-    range [start, start + len(table)), zeros elsewhere; one all-reduce completes them."""
-    local = ids - start
-    inside = (local >= 0) & (local < table.shape[0])
-    found = table[xp.where(inside, local, 0)] * inside[..., None].astype(table.dtype)
-    return reduce_from_tp_region(found, tp)
-
-
-def token_logprobs(x: Any, head: Any, ids: Any, start: int, xp: Any, tp: Collectives) -> Any:
-    """log p(ids[:, i+1] | ..i) from final hidden states x (B, L, H), (B, L-1), with the
-    vocabulary split over the group (`head`: this rank's rows [start, start + V_r))."""
-    logits = matmul(x[:, :-1], head.T)  # (B, L-1, V_r)
-    peak = logits.max(axis=-1)
-    lse = peak + xp.log(xp.exp(logits - peak[..., None]).sum(axis=-1))  # this rank's slice
-    local = ids[:, 1:] - start
-    inside = (local >= 0) & (local < head.shape[0])
-    picked = xp.take_along_axis(logits, xp.where(inside, local, 0)[..., None], axis=-1)[..., 0]
-    target = picked * inside.astype(logits.dtype)  # the target's logit, on one rank only
-    parts = tp.all_gather_last(xp.stack([lse, target], axis=-1), (2,) * tp.size)  # (B, L-1, 2tp)
-    lses, targets = parts[..., 0::2], parts[..., 1::2]
-    top = lses.max(axis=-1)
-    total = top + xp.log(xp.exp(lses - top[..., None]).sum(axis=-1))  # over the whole vocab
-    return targets.sum(axis=-1) - total
-
-
 def gpt2_forward(
     params, ids, mask, *, xp, erf, scan, tp: Collectives, cfg: Gpt2Config, vocab_start: int
 ):
     """ids, mask (B, L) -> log p of each next token, (B, L-1), 0 where masked; the same
     on every TP rank."""
-    batch, seq = ids.shape
+    seq = ids.shape[1]
     x = vocab_lookup(params["wte.weight"], ids, vocab_start, xp, tp) + params["wpe.weight"][:seq]
     d = cfg.hidden // cfg.heads
     keys = mask[:, None, None, :].astype(x.dtype)  # (B, 1, 1, L)
@@ -244,13 +211,7 @@ def gpt2_forward(
     x = scan(layer, x, params["layers"])
     x = layer_norm(x, *norm(params, "ln_f"), cfg.eps, xp)
     head = params.get("lm_head.weight", params["wte.weight"])  # its own only when untied
-    # The head's logits (rows, L-1, V_r) are the largest temporaries: a few rows at a time.
-    step = max(1, LOGITS_BYTES // max(1, seq * head.shape[0] * x.dtype.itemsize))
-    parts = [
-        token_logprobs(x[r : r + step], head, ids[r : r + step], vocab_start, xp, tp)
-        for r in range(0, batch, step)
-    ]
-    logp = parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=0)
+    logp = head_logprobs(x, head, ids, vocab_start, xp, tp, LOGITS_BYTES)
     return logp * mask[:, 1:].astype(logp.dtype)
 
 

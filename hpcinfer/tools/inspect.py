@@ -1,7 +1,8 @@
-"""`python -m hpcinfer inspect MODEL_FOLDER`: what a model is and which layouts fit it.
+"""`python -m hpcinfer inspect MODEL`: what a model is and which layouts fit it.
 
-Reads config.json and the safetensors *header* only (never the weights), so it is
-instant on a model of any size and needs no MPI.
+Reads config.json and the safetensors *header* only (never the weights), or a GGUF
+file's header (metadata and tensor table), so it is instant on a model of any size and
+needs no MPI.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ import numpy as np
 
 from hpcinfer.errors import JobError
 from hpcinfer.io.file_checks import human_bytes
-from hpcinfer.io.safetensors_checkpoint import open_weights
-from hpcinfer.models import family_of, read_config
+from hpcinfer.models import family_of, open_model_weights, read_config
 from hpcinfer.models.shards import table_elements
 
 CANDIDATE_TP = (1, 2, 3, 4, 6, 8, 12, 16)
+MAX_LISTED_TP = 64  # "valid tp" lists the fitting values up to this
 HEADROOM = 1.25  # weights x this must fit: activations, buffers, the interpreter
 
 
@@ -26,6 +27,19 @@ def weight_elements(arch: Any, tp: int, shapes: dict[str, tuple[int, ...]]) -> i
     """The largest share any rank of a TP group of `tp` holds, from the shard table the
     loader reads (so inspect and the loader cannot disagree)."""
     return max(table_elements(arch.shard_table(r, tp), shapes) for r in range(tp))
+
+
+def valid_tp(arch: Any) -> str:
+    """The tp values up to MAX_LISTED_TP the model can be split over, as runs ("1-9")."""
+    fits = [t for t in range(1, MAX_LISTED_TP + 1) if not arch.misfit(t)]
+    runs: list[list[int]] = []
+    for t in fits:
+        if runs and t == runs[-1][-1] + 1:
+            runs[-1].append(t)
+        else:
+            runs.append([t])
+    text = ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs)
+    return text + (" (and more)" if fits and fits[-1] == MAX_LISTED_TP else "")
 
 
 def recommend(arch: Any, shapes: dict, ranks: int, mem_per_rank: float, itemsize: int) -> str:
@@ -55,7 +69,7 @@ def inspect_model(
     dtype: str = "float32",
 ) -> str:
     raw = read_config(folder)
-    header = open_weights(folder)  # the header only
+    header = open_model_weights(folder, raw)  # the header only
     arch = family_of(folder, raw).load_module().architecture(folder, raw, header)
     shapes = {name: t.shape for name, t in header.tensors.items()}
     params = sum(int(np.prod(t.shape, dtype=np.int64)) for t in header.tensors.values())
@@ -68,6 +82,7 @@ def inspect_model(
         f"  parameters   {params:,} in {len(header.tensors)} tensors; stored "
         + ", ".join(f"{d} {human_bytes(b)}" for d, b in sorted(by_dtype.items()))
         + f"; in memory as {dtype}: {human_bytes(params * itemsize)}",
+        f"  valid tp     {valid_tp(arch)}",
         f"  {'tp':>4} {'weights/rank':>14} {'all-reduces':>12} {'all-gathers':>12} "
         f"{'values/' + arch.unit:>12}   (per forward pass)",
     ]
