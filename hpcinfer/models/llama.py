@@ -121,9 +121,12 @@ def llama_hidden(
 
     def layer(x, p):
         h = rms_norm(x, p["input_layernorm.weight"], cfg.eps, xp)
-        q = split_heads(linear(h, p, "self_attn.q_proj"), d, xp)  # (B, hq_r, L, d)
-        k = split_heads(linear(h, p, "self_attn.k_proj"), d, xp)  # (B, hkv_r, L, d)
-        v = split_heads(linear(h, p, "self_attn.v_proj"), d, xp)
+        qkv = linear(h, p, "self_attn.qkv")  # (B, L, (hq_r + 2 hkv_r) d): one GEMM
+        nq = p["self_attn.o_proj.weight"].shape[0]
+        nk = (qkv.shape[-1] - nq) // 2
+        q = split_heads(qkv[..., :nq], d, xp)  # (B, hq_r, L, d)
+        k = split_heads(qkv[..., nq : nq + nk], d, xp)  # (B, hkv_r, L, d)
+        v = split_heads(qkv[..., nq + nk :], d, xp)
         if cfg.qk_norm:
             q = rms_norm(q, p["self_attn.q_norm.weight"], cfg.eps, xp)
             k = rms_norm(k, p["self_attn.k_norm.weight"], cfg.eps, xp)
@@ -139,8 +142,10 @@ def llama_hidden(
         ctx = attention(q, k, v, b, scale, xp)  # (B, L, hq_r * d)
         x = x + row_parallel(ctx, p, "self_attn.o_proj", tp)
         h = rms_norm(x, p["post_attention_layernorm.weight"], cfg.eps, xp)
-        gate = activate(linear(h, p, "mlp.gate_proj"), cfg.activation, xp, erf)  # (B, L, I_r)
-        return x + row_parallel(gate * linear(h, p, "mlp.up_proj"), p, "mlp.down_proj", tp)
+        gate_up = linear(h, p, "mlp.gate_up")  # (B, L, 2 I_r): one GEMM
+        inner = p["mlp.down_proj.weight"].shape[0]
+        h = activate(gate_up[..., :inner], cfg.activation, xp, erf) * gate_up[..., inner:]
+        return x + row_parallel(h, p, "mlp.down_proj", tp)
 
     x = scan(layer, x, params["layers"])
     return rms_norm(x, params["norm.weight"], cfg.eps, xp)
@@ -161,6 +166,15 @@ def llama_forward(params, ids, mask, *, xp, task: str, pooling: str, **kw):
     head = params.get("lm_head.weight", params["embed_tokens.weight"])  # tied: the embedding
     logp = head_logprobs(x, head, ids, kw["vocab_start"], xp, kw["tp"], LOGITS_BYTES)
     return logp * mask[:, 1:].astype(logp.dtype)
+
+
+def fuse(layers: dict, name: str, parts: list[str]) -> None:
+    """Column-parallel projections of the same input as one matrix (and bias): one GEMM
+    instead of several narrow ones. Stacked (layers, in, out_i) -> (layers, in, sum)."""
+    for kind in ("weight", "bias"):
+        keys = [f"{part}.{kind}" for part in parts]
+        if keys[0] in layers:
+            layers[f"{name}.{kind}"] = np.concatenate([layers.pop(k) for k in keys], axis=-1)
 
 
 def read_pooling(path: Path, requested: str) -> tuple[str, bool]:
@@ -212,6 +226,8 @@ class LlamaModel(TextModel):
     """Texts (or token-id lists) in; `score`: `logprob` and `num_tokens` per text;
     `embed`: `embeddings` (N, hidden) float32."""
 
+    tight_padding = True  # numpy: every padded token costs a whole decoder pass
+
     def __init__(
         self,
         path: Path,
@@ -244,6 +260,12 @@ class LlamaModel(TextModel):
                 f"but the model embeds only {cfg.vocab} (vocab_size)"
             )
         host = read_table(weights, cfg.shard_table(tp.rank, tp.size, head=task == "score"), dtype)
+        fuse(
+            host["layers"],
+            "self_attn.qkv",
+            ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+        )
+        fuse(host["layers"], "mlp.gate_up", ["mlp.gate_proj", "mlp.up_proj"])
         q_heads, kv_heads = cfg.head_ranges(tp.rank, tp.size)
         group = cfg.heads // cfg.kv_heads
         kv_index = tuple(h // group - kv_heads.start for h in q_heads)

