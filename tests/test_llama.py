@@ -196,3 +196,42 @@ def test_smollm2_matches_transformers(backend):
     agree = next_token_agreement(model, ref)
     print(f"smollm2 {backend} tp1: max rel err {err:.2e}, argmax agreement {agree:.4f}")
     assert agree >= 0.99
+
+
+# --- batching for decoders (models/text.py) ----------------------------------------------
+
+
+def corpus_lengths(n: int = 600) -> list[np.ndarray]:
+    rng = np.random.default_rng(3)
+    return [np.zeros(int(k), np.int64) for k in rng.lognormal(3.0, 1.0, n).clip(1, 600)]
+
+
+def test_fixed_batches_are_what_they_always_were():
+    ids = corpus_lengths()
+    order = np.argsort([len(t) for t in ids], kind="stable")
+    got = [rows.tolist() for rows, _, _ in length_batches(ids, 16, True, TokenCounts())]
+    assert got == [order[b : b + 16].tolist() for b in range(0, len(order), 16)]
+
+
+def test_tight_batches_pad_little_and_keep_every_row():
+    ids, counts = corpus_lengths(), TokenCounts()
+    seen = []
+    for rows, batch, mask in length_batches(ids, 16, False, counts, "tight"):
+        assert len(rows) <= 16 and batch.shape[1] == max(len(ids[i]) for i in rows)
+        assert batch.size <= 1.1 * mask.sum() + 2 * len(rows) or len(rows) == 1
+        seen += rows.tolist()
+    assert sorted(seen) == list(range(len(ids))) and counts.real / counts.computed > 0.85
+
+
+def test_bucket_batches_keep_few_shapes_and_fit_rows_to_length():
+    from hpcinfer.models.text import bucket_rows, padded_length
+
+    ids, counts = corpus_lengths(), TokenCounts()
+    shapes = set()
+    for rows, batch, _ in length_batches(ids, 16, True, counts, "buckets"):
+        seq = batch.shape[1]
+        assert all(padded_length(len(ids[i])) == seq for i in rows)  # one length per batch
+        assert batch.shape[0] == bucket_rows(seq, 16) >= len(rows)
+        shapes.add(batch.shape)
+    assert len(shapes) == len({padded_length(len(t)) for t in ids})  # one shape per length
+    assert counts.real / counts.computed > 0.6

@@ -168,7 +168,7 @@ class LlamaConfig:
             ),
             "norm.weight": whole(n + "norm.weight", expect=(h,)),
         }
-        if head and not self.tied:
+        if head and not self.tied and self.has_head:
             top["lm_head.weight"] = Part("lm_head.weight", rows=(vocab,), expect=(self.vocab, h))
         if self.rope_freqs:
             top["rope_freqs.weight"] = whole("rope_freqs.weight", expect=(d // 2,))

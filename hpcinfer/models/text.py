@@ -74,10 +74,58 @@ class TokenCounts:
     computed: int = 0
 
 
-def multiple_of_8(n: int) -> int:
-    """A batch's padded length where no compiler needs few shapes: the longest text,
-    rounded up to a multiple of 8 (at most 7 tokens of padding)."""
-    return max(8, -(-n // 8) * 8)
+def longest(n: int) -> int:
+    """A batch's padded length where no compiler wants few shapes: its longest text's."""
+    return max(n, 2)
+
+
+TIGHT_PADDING = 1.1  # tight batches: padded tokens <= 1.1 x real + 2 per row
+
+
+def row_groups(
+    order: np.ndarray, lengths: list[int], batch_size: int, pad_to: Any, tight: bool
+) -> Iterator[list[int]]:
+    """Consecutive runs of `order` (rows by ascending length), at most `batch_size` each.
+    `tight`: a run also ends before a row that would pad the run beyond TIGHT_PADDING of
+    its real tokens, so a chunk's few long texts do not pad its short ones to their length
+    (they form small batches of their own)."""
+    group: list[int] = []
+    real = 0
+    for i in order:
+        n = lengths[i]
+        full = len(group) == batch_size
+        wasteful = (len(group) + 1) * pad_to(n) > TIGHT_PADDING * (real + n) + 2 * (len(group) + 1)
+        if group and (full or (tight and wasteful)):
+            yield group
+            group, real = [], 0
+        group.append(int(i))
+        real += n
+    if group:
+        yield group
+
+
+def bucket_groups(
+    order: np.ndarray, lengths: list[int], batch_size: int
+) -> Iterator[tuple[list[int], int]]:
+    """(rows, height) runs of `order` (ascending length) that share one padded length
+    (`padded_length`), at most `bucket_rows(L, batch_size)` rows each: a compiled backend
+    sees one shape per padded length, and each batch holds about batch_size x 16 tokens."""
+    group: list[int] = []
+    bucket = 0
+    for i in order:
+        b = padded_length(lengths[i])
+        if group and (b != bucket or len(group) == bucket_rows(bucket, batch_size)):
+            yield group, bucket_rows(bucket, batch_size)
+            group = []
+        group.append(int(i))
+        bucket = b
+    if group:
+        yield group, bucket_rows(bucket, batch_size)
+
+
+def bucket_rows(length: int, batch_size: int) -> int:
+    """Rows of a tight compiled batch of padded length `length`: batch_size x 16 tokens."""
+    return max(1, min(batch_size, batch_size * 16 // length))
 
 
 def length_batches(
@@ -85,17 +133,29 @@ def length_batches(
     batch_size: int,
     full_height: bool,
     counts: TokenCounts,
-    pad_to: Any = padded_length,
+    style: str = "fixed",
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(rows, token ids (B, L), mask (B, L)) per batch, rows sorted by length so padding
-    stays small, L from `pad_to` (`padded_length`: few shapes). With `full_height` every
-    batch has `batch_size` rows (the extra ones empty, all masked): compiled backends then
-    see fewer shapes."""
-    order = np.argsort([len(t) for t in ids], kind="stable")
-    for b0 in range(0, len(order), batch_size):
-        rows = order[b0 : b0 + batch_size]
-        seq = pad_to(max(len(ids[i]) for i in rows))
-        height = batch_size if full_height else len(rows)
+    stays small. `style`:
+
+    fixed    batch_size rows, L from `padded_length` (few shapes); with `full_height`
+             every batch has batch_size rows (the extra ones empty, all masked), so
+             compiled backends see fewer shapes still
+    tight    (decoders, uncompiled) L the longest row's, batches cut by `row_groups`
+    buckets  (decoders, JAX) L from `padded_length`, one length per batch, rows from
+             `bucket_rows` (`bucket_groups`): one shape per padded length
+    """
+    lengths = [len(t) for t in ids]
+    order = np.argsort(lengths, kind="stable")
+    pad_to = longest if style == "tight" else padded_length
+    if style == "buckets":
+        groups = bucket_groups(order, lengths, batch_size)
+    else:
+        rows_of = row_groups(order, lengths, batch_size, pad_to, style == "tight")
+        groups = ((g, batch_size if full_height else len(g)) for g in rows_of)
+    for group, height in groups:
+        rows = np.array(group, dtype=np.int64)
+        seq = pad_to(max(lengths[i] for i in rows))
         batch = np.zeros((height, seq), np.int64)
         mask = np.zeros((height, seq), np.int64)
         for j, i in enumerate(rows):
@@ -121,8 +181,10 @@ class TextModel:
 
     input_kind = InputKind.ITEMS
     row_shape: tuple[int, ...] = ()
-    #: numpy and cupy pad a batch only to a multiple of 8, not to `padded_length`'s few
-    #: shapes (which JAX compiles once each): decoders' cost grows with every padded token
+    #: batches that pad little (decoders: every padded token costs a whole pass): numpy
+    #: and cupy pad a batch to its longest text and cut batches where lengths jump
+    #: (`row_groups`); compiled JAX keeps `padded_length`'s few shapes but never mixes
+    #: them in a batch, and fits the rows to the length (`bucket_groups`)
     tight_padding = False
 
     def bind(self, backend: Any, dtype: str, tp: Collectives, host: dict, forward: Any) -> None:
@@ -139,10 +201,11 @@ class TextModel:
         self, ids: list[np.ndarray], batch_size: int
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(rows, host result of those rows) per batch, rows batched by length."""
-        tight = self.tight_padding and self.backend.name != "jax"
-        pad_to = multiple_of_8 if tight else padded_length
-        counts = self.token_counts
-        for rows, batch, mask in length_batches(ids, batch_size, self.compiled, counts, pad_to):
+        style = "fixed"
+        if self.tight_padding:
+            style = "buckets" if self.backend.name == "jax" else "tight"
+        batches = length_batches(ids, batch_size, self.compiled, self.token_counts, style)
+        for rows, batch, mask in batches:
             y = self._forward(
                 self.params, self.backend.asarray_int(batch), self.backend.asarray_int(mask)
             )
