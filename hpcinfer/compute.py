@@ -18,7 +18,7 @@ from typing import Any
 from hpcinfer.checkpoint.chunk_files import ChunkFile, ChunkStore
 from hpcinfer.checkpoint.journal import ChunkRun, JournalWriter, Progress
 from hpcinfer.checkpoint.writer import ChunkWriter
-from hpcinfer.errors import BadRow, JobError, RunError
+from hpcinfer.errors import BadRow, DiskError, JobError, RunError
 from hpcinfer.io.inputs import Reader
 from hpcinfer.models import InputKind, Model
 from hpcinfer.parallel.runtime import Runtime
@@ -49,6 +49,9 @@ class Hooks:
     def chunk_file_started(self) -> None:
         """After the first rows of a chunk file are written, before it is committed."""
 
+    def before_assembly(self) -> None:
+        """On rank 0, once every chunk is done, before the output file is written."""
+
 
 NO_HOOKS = Hooks()
 
@@ -60,7 +63,7 @@ class RankWork:
     log: list[tuple[int, ChunkRun]]  # chunks this rank's group finished (leaders only)
     metrics: dict[str, Any]
     epoch: float  # the loop's start (Unix time): chunk times are seconds after it
-    error: str | None = None  # bad input this rank found (the run then stops everywhere)
+    error: tuple[int, str] | None = None  # (exit code, message): bad input or a full disk
 
 
 @dataclass
@@ -99,25 +102,28 @@ def compute_pending(
         sink = None if writer is None else store.create(chunk.index, chunk.rows, plan.model.outputs)
         try:
             timers.io += compute_chunk(plan.model, plan.reader, chunk, run.batch_size, sink, hooks)
-        except JobError as e:  # bad input: the same rows fail on every rank of the TP group
-            error = str(e)
+            if writer is not None:
+                t_write = time.perf_counter()
+                finished = ChunkRun(
+                    grid.dp_rank, start, time.time() - epoch, position in claims.stats.stolen
+                )
+                writer.submit(sink, finished)  # raises a failure of an earlier commit
+                timers.io += time.perf_counter() - t_write  # only the wait for a queue slot
+                timers.log.append((chunk.index, finished))
+                progress.add(chunk.rows)
+        except (JobError, DiskError) as e:  # bad input (the whole TP group meets it) or a
+            error = (e.exit_code, str(e))  # full disk (leaders): every rank stops cleanly
             halt.raise_for_all(rt.rank)
             if any(True for _ in stream) and not grid.is_leader:  # the leader went on
                 raise RunError(f"{e} (on rank {rt.rank} only, not its TP group)") from None
             break
-        if writer is not None:
-            t_write = time.perf_counter()
-            finished = ChunkRun(
-                grid.dp_rank, start, time.time() - epoch, position in claims.stats.stolen
-            )
-            writer.submit(sink, finished)
-            timers.io += time.perf_counter() - t_write  # only the wait for a free queue slot
-            timers.log.append((chunk.index, finished))
-            progress.add(chunk.rows)
         timers.busy += time.perf_counter() - t_chunk
     plan.reader.close()
     if writer is not None:
-        writer.close()  # every chunk of this rank durable and journalled
+        try:
+            writer.close()  # every chunk of this rank durable and journalled
+        except DiskError as e:
+            error = error or (e.exit_code, str(e))
     claims.close()
     progress.close()
     rt.comm.Barrier()  # every claimed chunk is done and recorded
@@ -138,10 +144,12 @@ def compute_chunk(
 ) -> float:
     """Compute the chunk's rows `batch_size` at a time, each batch's outputs written into
     `sink` as soon as they exist (None: a TP rank that computes but does not write).
-    A failure discards the unfinished file. Returns the seconds spent reading input and
-    writing outputs.
+    A failure discards the unfinished file. A failed write (a full disk) does not stop
+    the batches: the TP group computes them together, and a leader that left early would
+    leave its members waiting in a collective; the error is raised after the chunk.
+    Returns the seconds spent reading input and writing outputs.
     """
-    io = Stopwatch()
+    io, failed = Stopwatch(), None
     try:
         if model.input_kind is InputKind.ITEMS:  # the model batches them by length
             with io:
@@ -159,9 +167,12 @@ def compute_chunk(
             with io:
                 rows = reader.read(chunk.start + b0, chunk.start + min(b0 + batch_size, chunk.rows))
             outputs = model.predict(rows)
-            if sink is not None:
-                with io:
-                    sink.write_rows(b0, outputs)
+            if sink is not None and failed is None:
+                try:
+                    with io:
+                        sink.write_rows(b0, outputs)
+                except RunError as e:  # the file is discarded already
+                    failed = e
                 if b0 == 0:
                     hooks.chunk_file_started()
             del rows, outputs  # written: the next batch's peak must not include them
@@ -169,6 +180,8 @@ def compute_chunk(
         if sink is not None:
             sink.discard()
         raise
+    if failed is not None:
+        raise failed
     return io.seconds
 
 

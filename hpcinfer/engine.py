@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from hpcinfer.checkpoint.assemble import assemble_output
+from hpcinfer.checkpoint.assemble import assemble_output, match_privacy
 from hpcinfer.checkpoint.chunk_files import ChunkStore
 from hpcinfer.checkpoint.journal import ChunkRecord, ChunkRun
 from hpcinfer.checkpoint.lock import RunLock
@@ -70,7 +70,7 @@ def run_job(
         everyone = rt.comm.gather(work, root=0)
         code = 0
         if rt.rank == 0:
-            code = finish(plan, rt, state, everyone, identity, t0)
+            code = finish(plan, rt, state, everyone, identity, t0, hooks)
         return rt.comm.bcast(code, root=0)
     finally:
         if lock is not None:
@@ -98,18 +98,24 @@ def agreed_start(
 
 
 def finish(
-    plan: Plan, rt: Runtime, state: ResumeState, work: list[RankWork], identity: dict, t0: float
+    plan: Plan,
+    rt: Runtime,
+    state: ResumeState,
+    work: list[RankWork],
+    identity: dict,
+    t0: float,
+    hooks: Hooks = NO_HOOKS,
 ) -> int:
     """Assemble the output if every chunk is done; else say why not and how to go on.
     Rank 0 only; returns the run's exit code."""
     before = state.progress
     failed = [(r, w.error) for r, w in enumerate(work) if w.error]
-    if failed:  # bad input met mid-run: one line, from the first rank that met it
-        r, message = failed[0]
+    if failed:  # bad input or a full disk met mid-run: one line, from the first rank
+        r, (code, message) = failed[0]
         print(f"hpcinfer: error: {message} (on rank {r} of {rt.size})", file=sys.stderr)
-        if state.start is Start.FRESH:  # nothing of it is worth keeping: the input changes
-            remove_partial_run(plan.partial_dir)
-        return JobError.exit_code
+        if code == JobError.exit_code and state.start is Start.FRESH:
+            remove_partial_run(plan.partial_dir)  # the input must change: nothing to keep
+        return code
     log = chunk_log([entry for w in work for entry in w.log], before.records)
     if len(log) != len(plan.chunks):
         print(
@@ -124,18 +130,20 @@ def finish(
     attrs = output_attrs(
         plan, rt, time.perf_counter() - t0, metrics, identity, len(before.done), work[0].epoch
     )
-    assemble_output(
-        plan.job.output.path,
-        ChunkStore(plan.partial_dir),
-        plan.chunks,
-        plan.n_rows,
-        plan.model.outputs,
-        attrs,
-        {"chunks": log},
-    )
+    hooks.before_assembly()
+    try:
+        store = ChunkStore(plan.partial_dir)
+        assemble_output(
+            plan.job.output.path, store, plan.chunks, plan.n_rows, plan.model.outputs, attrs,
+            {"chunks": log},
+        )  # fmt: skip
+    except RunError as e:  # a full disk (75) or a failing one (1): the chunks are kept
+        print(f"hpcinfer: error: {e}", file=sys.stderr, flush=True)
+        return e.exit_code
     if not remove_partial_run(plan.partial_dir):
         print(f"hpcinfer: kept {plan.partial_dir}: it holds files hpcinfer did not make")
-    report(plan, rt, time.perf_counter() - t0, attrs["balance_summary"])
+    match_privacy(plan.job.output.path, plan.reader.sources())
+    report(plan, rt, time.perf_counter() - t0, attrs["balance_summary"], before.rows)
     return 0
 
 
@@ -156,16 +164,20 @@ def check_every_chunk_once(log: np.ndarray, n_chunks: int) -> None:
         raise RunError(f"{missing} chunk(s) never computed, {repeated} computed twice")
 
 
-def report(plan: Plan, rt: Runtime, wall: float, summary: dict[str, float]) -> None:
+def report(
+    plan: Plan, rt: Runtime, wall: float, summary: dict[str, float], resumed_rows: int
+) -> None:
+    """The closing lines; rows/s counts only the rows this run computed."""
     shapes = ", ".join(
         f"{name} {(plan.n_rows, *o.shape)} {np.dtype(o.dtype).name}"
         for name, o in plan.model.outputs.items()
     )
-    grid = plan.grid
+    grid, new = plan.grid, plan.n_rows - resumed_rows
+    resumed = f", {resumed_rows:,} of them by earlier runs" if resumed_rows else ""
     print(
-        f"hpcinfer: wrote {plan.job.output.path}: {shapes}; {plan.n_rows} rows in {wall:.2f} s "
-        f"({plan.n_rows / wall:,.0f} rows/s) on {rt.size} rank(s) (dp {grid.dp_size} x "
-        f"tp {grid.tp}) x {rt.threads} thread(s)\n"
+        f"hpcinfer: wrote {plan.job.output.path}: {shapes}; {plan.n_rows:,} rows{resumed}; "
+        f"{new:,} rows in {wall:.2f} s ({new / wall:,.0f} rows/s) on {rt.size} rank(s) "
+        f"(dp {grid.dp_size} x tp {grid.tp}) x {rt.threads} thread(s)\n"
         f"hpcinfer: balance {plan.job.run.balance}: imbalance {summary['imbalance']:.3f}, "
         f"efficiency {summary['efficiency']:.1%}, {summary['stolen_chunks']} chunk(s) "
         f"stolen in {summary['steals']} steal(s)",

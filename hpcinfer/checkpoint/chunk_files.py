@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from hpcinfer.errors import RunError
+from hpcinfer.errors import RunError, io_error
 from hpcinfer.models.base import OutputSpec
 
 MAGIC = b"HPCINFER-CHUNK-1"
@@ -176,7 +176,7 @@ class ChunkFile:
             yield
         except OSError as e:
             self.discard()
-            raise RunError(f"{self._tmp}: cannot {doing} chunk file: {e.strerror or e}") from None
+            raise io_error(self._tmp, f"{doing} chunk file", e) from None
 
     def _close(self) -> None:
         if self._fd is not None:
