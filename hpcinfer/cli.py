@@ -44,15 +44,19 @@ job file (TOML; relative paths are resolved against the job file's folder):
 
 resuming: finished chunks are durable and journalled in OUTPUT.partial/; running the
 same job again after an interruption (kill, crash, time limit) does only what is left,
-on any number of ranks and any --tp. A partial run of a different job (other model,
-input, chunk_size or dtype) is refused; --restart discards it.
+on any number of ranks and any --tp. A partial run of a different job (other model
+files, input, settings) is refused, naming what differs; --restart discards it. One run
+per output at a time (OUTPUT.lock); an existing OUTPUT that is not this job's result is
+replaced only with --overwrite; hpcinfer never deletes files it did not make.
 
-signals: SIGTERM or SIGUSR1 (SLURM's warning before a time limit or preemption) make
-every rank finish its chunk in hand and stop; the progress is durable; exit code 75.
+signals: SIGTERM, SIGUSR1 (SLURM's warning before a time limit or preemption) or Ctrl-C
+make every rank finish its chunk in hand and stop; the progress is durable; exit code
+75. A second Ctrl-C aborts at once.
 
-exit codes: 0 the complete output file exists; 75 stopped by a signal, rerun to resume;
-2 bad job, model, input or options (one line names the file or key); 1 a failure while
-running (the failing rank is named, every rank stops).
+exit codes: 0 the complete output file exists; 75 stopped by a signal or a full disk,
+rerun the same command to resume; 2 bad job, model, input or options (one line names
+the file, key or line; nothing written); 1 a failure while running (the failing rank is
+named, every rank stops).
 
 examples:
   mpirun -n 2 python -m hpcinfer run jobs/digits-mlp.toml
