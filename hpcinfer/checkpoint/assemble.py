@@ -73,7 +73,7 @@ def in_child(write: Callable[[], dict[str, int]]) -> dict[str, int]:
         os.close(read_end)
         try:
             _answer(write_end, {"ok": write()})
-        except BaseException as e:  # answered while the broken file's objects still live
+        except BaseException as e:  # noqa: BLE001 (answered while the broken file's objects live)
             full = any(t in str(e) for t in DISK_FULL_TEXT) or getattr(e, "errno", 0) in (
                 DiskError.ERRNOS
             )

@@ -127,9 +127,9 @@ class ChunkFile:
                 f"{sorted(self._slots)}, got rows from {start} of {sorted(arrays)}"
             )
         n = None
-        for name, values in arrays.items():
+        for name, given in arrays.items():
             slot = self._slots[name]
-            values = np.ascontiguousarray(values, dtype=slot.dtype)
+            values = np.ascontiguousarray(given, dtype=slot.dtype)
             if (
                 values.ndim == 0
                 or values.shape[1:] != slot.shape[1:]

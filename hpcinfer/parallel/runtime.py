@@ -134,7 +134,7 @@ def run_or_abort(rt: Runtime, fn: Callable[[], int]) -> int:
         return fn()
     except SystemExit:
         raise
-    except BaseException as e:  # any failure must end every rank
+    except BaseException as e:  # noqa: BLE001 (any failure must end every rank)
         code = e.exit_code if isinstance(e, JobError | RunError) else 1
         if not isinstance(e, JobError | RunError | KeyboardInterrupt):
             traceback.print_exc(file=sys.stderr)
