@@ -12,7 +12,7 @@ import os
 import sys
 
 from hpcinfer import __version__
-from hpcinfer.errors import JobError
+from hpcinfer.errors import Agreed, JobError
 from hpcinfer.parallel.runtime import launcher_rank
 
 DESCRIPTION = """\
@@ -168,6 +168,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--png", help="where to write the picture (default: OUTPUT.report.png next to the output)"
     )
     add_set_option(report)
+    export = sub.add_parser(
+        "export",
+        help="a finished output as Parquet or JSONL (for pandas, Spark, jq)",
+        description="Write a finished output's datasets as columns of a Parquet or JSONL "
+        "file, rows in the same order, a block at a time. JSON has no NaN: those become "
+        "null in JSONL.",
+    )
+    export.add_argument("output", help="the run's output .h5 file (or its job file)")
+    export.add_argument("--to", required=True, metavar="FILE", help="the file to write")
+    export.add_argument(
+        "--format", choices=("parquet", "jsonl"), help="default: from the suffix of --to"
+    )
+    export.add_argument(
+        "--datasets", metavar="A,B", help="only these datasets (default: every one)"
+    )
     inspect = sub.add_parser(
         "inspect",
         help="a model's architecture, parameters, memory per rank for each tp, collectives",
@@ -215,7 +230,28 @@ def main(argv: list[str] | None = None) -> int:
         return _inspect(args)
     if args.command == "report":
         return _report(args)
+    if args.command == "export":
+        return _export(args)
     return 2
+
+
+def _export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hpcinfer.tools.export import export
+
+    source = Path(args.output)
+    try:
+        if source.suffix == ".toml":
+            from hpcinfer.job import load_job
+
+            source = load_job(source).output.path
+        names = [n.strip() for n in args.datasets.split(",")] if args.datasets else None
+        print(export(source, Path(args.to), args.format, names))
+    except JobError as e:
+        print(f"hpcinfer: error: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -277,8 +313,8 @@ def _run(args: argparse.Namespace) -> int:
     stop.install()  # after MPI is up (its start-up must not replace our handlers)
     try:
         agree(rt, error)
-    except SystemExit as e:
-        return int(e.code)
+    except Agreed as e:
+        return e.exit_code
 
     from hpcinfer.engine import Hooks, RunOptions, run_job
 
@@ -295,9 +331,9 @@ def _run(args: argparse.Namespace) -> int:
         progress_interval=args.progress_interval,
     )
     try:
-        return run_or_abort(rt, lambda: run_job(job, rt, options, hooks))
-    except SystemExit as e:
-        return int(e.code)
+        return run_or_abort(rt, lambda: run_job(job, rt, options, hooks).code)
+    except Agreed as e:
+        return e.exit_code
 
 
 if __name__ == "__main__":

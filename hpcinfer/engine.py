@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -48,30 +49,37 @@ CHUNK_LOG_DTYPE = np.dtype(
 )
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended, the same on every rank: the exit code and, unless 0, the one line
+    rank 0 printed (bad input 2, a stop or a full disk 75, a failing disk 1)."""
+
+    code: int
+    message: str = ""
+
+
 def run_job(
     job: Job, rt: Runtime, options: RunOptions | None = None, hooks: Hooks = NO_HOOKS
-) -> int:
-    """Run (or resume) `job` on every rank of `rt`.
-
-    Returns 0 once the complete output file exists, or stop.EXIT_STOPPED when a stop
-    signal ended the run early with its progress durable.
-    """
+) -> Outcome:
+    """Run (or resume) `job` on every rank of `rt`: code 0 once the complete output file
+    exists. A job refused before any compute raises `Agreed` on every rank instead."""
     t0 = time.perf_counter()
     options = options or RunOptions()
     plan = validated_plan(job, rt)
     if options.dry_run:
         print_dry_run(plan, rt)
-        return 0
+        return Outcome(0)
     state, identity, lock = agreed_start(plan, rt, StartOptions(options.restart, options.overwrite))
     try:
         if state.start is Start.COMPLETE:
-            return 0
+            return Outcome(0)
         work = compute_pending(plan, rt, state.progress, options, hooks, t0)
         everyone = rt.comm.gather(work, root=0)
-        code = 0
-        if rt.rank == 0:
-            code = finish(plan, rt, state, everyone, identity, t0, hooks)
-        return rt.comm.bcast(code, root=0)
+        outcome = finish(plan, rt, state, everyone, identity, t0, hooks) if rt.rank == 0 else None
+        outcome = rt.comm.bcast(outcome, root=0)
+        if outcome.code and rt.rank == 0:
+            print(outcome.message, file=sys.stderr, flush=True)
+        return outcome
     finally:
         if lock is not None:
             lock.release()
@@ -105,26 +113,23 @@ def finish(
     identity: dict,
     t0: float,
     hooks: Hooks = NO_HOOKS,
-) -> int:
+) -> Outcome:
     """Assemble the output if every chunk is done; else say why not and how to go on.
-    Rank 0 only; returns the run's exit code."""
+    Rank 0 only."""
     before = state.progress
     failed = [(r, w.error) for r, w in enumerate(work) if w.error]
     if failed:  # bad input or a full disk met mid-run: one line, from the first rank
         r, (code, message) = failed[0]
-        print(f"hpcinfer: error: {message} (on rank {r} of {rt.size})", file=sys.stderr)
         if code == JobError.exit_code and state.start is Start.FRESH:
             remove_partial_run(plan.partial_dir)  # the input must change: nothing to keep
-        return code
+        return Outcome(code, f"hpcinfer: error: {message} (on rank {r} of {rt.size})")
     log = chunk_log([entry for w in work for entry in w.log], before.records)
     if len(log) != len(plan.chunks):
-        print(
+        return Outcome(
+            stop.EXIT_STOPPED,
             f"hpcinfer: stopped by signal with {len(log)} of {len(plan.chunks)} chunks done "
             f"and durable; run the same command again to resume (exit code {stop.EXIT_STOPPED})",
-            file=sys.stderr,
-            flush=True,
         )
-        return stop.EXIT_STOPPED
     check_every_chunk_once(log, len(plan.chunks))
     metrics = [w.metrics for w in work]
     attrs = output_attrs(
@@ -138,13 +143,12 @@ def finish(
             {"chunks": log},
         )  # fmt: skip
     except RunError as e:  # a full disk (75) or a failing one (1): the chunks are kept
-        print(f"hpcinfer: error: {e}", file=sys.stderr, flush=True)
-        return e.exit_code
+        return Outcome(e.exit_code, f"hpcinfer: error: {e}")
     if not remove_partial_run(plan.partial_dir):
         print(f"hpcinfer: kept {plan.partial_dir}: it holds files hpcinfer did not make")
     match_privacy(plan.job.output.path, plan.reader.sources())
     report(plan, rt, time.perf_counter() - t0, attrs["balance_summary"], before.rows)
-    return 0
+    return Outcome(0)
 
 
 def chunk_log(this_run: list[tuple[int, ChunkRun]], earlier: dict[int, ChunkRecord]) -> np.ndarray:

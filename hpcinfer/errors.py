@@ -12,6 +12,10 @@ class JobError(Exception):
     exit_code = 2
 
 
+class Agreed(JobError):
+    """A JobError every rank raised together, after rank 0 printed it once (`agree`)."""
+
+
 class RunError(Exception):
     """A failure while the job runs (I/O, a rank's computation): exit code 1."""
 

@@ -7,6 +7,7 @@ bad job costs seconds and ends with one line naming the file or key (exit code 2
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,15 @@ def validated_plan(job: Job, rt: Runtime) -> Plan:
         error = e
     agree(rt, error)
     assert plan is not None  # agree() raised otherwise
+    groups, chunks = plan.grid.dp_size, len(plan.chunks)
+    if rt.rank == 0 and chunks < groups:
+        print(
+            f"hpcinfer: warning: {chunks} chunk(s) for {groups} data-parallel groups: "
+            f"{groups - chunks} group(s) ({(groups - chunks) * plan.grid.tp} rank(s)) will "
+            f"idle; lower run.chunk_size (now {job.run.chunk_size}) or launch fewer ranks",
+            file=sys.stderr,
+            flush=True,
+        )
     return plan
 
 

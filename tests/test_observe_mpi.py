@@ -148,3 +148,19 @@ def test_dry_run_validates_and_prints_the_plan_without_computing(tmp_path, digit
     bad = hpcinfer("run", str(job), "--dry-run", "--set", "input.dataset='nope'", n=2)
     assert bad.returncode == 2 and "dataset 'nope' not found" in bad.stderr
     np.testing.assert_equal(p.stdout.count("hpcinfer: dry run"), 1)  # rank 0 only
+
+
+def test_a_warning_when_ranks_would_idle(tmp_path, digits_job):
+    p = hpcinfer("run", str(digits_job(chunk_size=1797)), "--quiet", n=3)
+    assert p.returncode == 0, p.stderr
+    warnings = [s for s in p.stderr.splitlines() if s.startswith("hpcinfer: warning")]
+    assert len(warnings) == 1, p.stderr  # rank 0 only
+    assert "1 chunk(s) for 3 data-parallel groups: 2 group(s) (2 rank(s)) will idle" in warnings[0]
+
+
+def test_progress_starts_early_and_its_pauses_grow():
+    from hpcinfer.tools.progress import line_pauses
+
+    pauses = line_pauses(30.0)
+    assert [next(pauses) for _ in range(7)] == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    assert next(line_pauses(0.5)) == 0.5

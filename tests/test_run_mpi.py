@@ -68,7 +68,8 @@ def test_output_attributes_and_no_leftovers(digits_runs):
     identity = json.loads(attrs["model_identity"])
     assert len(identity["model file config.json"]) == 64  # content hash
     assert identity["model weights"]["files"][0]["name"] == "model.safetensors"
-    assert attrs["input_path"].endswith("digits.h5") and attrs["input_dataset"] == "x"
+    assert attrs["input_path"].endswith("digits.h5")
+    assert json.loads(attrs["input"]) == {"format": "hdf5", "dataset": "x", "rows": "numbers"}
     assert json.loads(attrs["layout"])["ranks"] == 3
     assert json.loads(attrs["job"])["run"]["chunk_size"] == 256
     assert sorted(p.name for p in path.parent.iterdir()) == sorted(

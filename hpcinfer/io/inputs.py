@@ -25,6 +25,8 @@ def open_input(job: Job) -> Reader:
 
 def describe_reader(reader: Reader) -> str:
     """What the rows are, for messages: "texts (jsonl)", "rows of (64,) float32", ..."""
+    if reader.items and reader.kind == "jsonl":
+        return f"{reader.n_rows:,} items (jsonl, field {reader.dataset!r})"
     if reader.items:
         return f"{reader.n_rows:,} items ({reader.kind})"
     return f"{reader.n_rows:,} rows of {reader.row_shape} {reader.dtype}"

@@ -46,6 +46,13 @@ def describe_start(plan: Plan, state: ResumeState) -> str:
     return "a fresh run"
 
 
+def where(plan: Plan) -> str:
+    """The input as the user named it: a file, and the HDF5 dataset when there is one."""
+    reader = plan.reader
+    hdf5 = not reader.items or reader.kind.startswith("hdf5")
+    return f"{reader.path}:{reader.dataset}" if hdf5 else str(reader.path)
+
+
 def print_dry_run(plan: Plan, rt: Runtime) -> None:
     """The plan of a validated job, printed by rank 0; reads the partial run, writes nothing."""
     grid, job, model = plan.grid, plan.job, plan.model
@@ -67,7 +74,7 @@ def print_dry_run(plan: Plan, rt: Runtime) -> None:
         f"hpcinfer: dry run: {job.source} is valid; nothing computed\n"
         f"  model   {job.model.path} ({model.describe().get('model_type')}), weights "
         f"{human_bytes(max(weights))} per rank (largest), {human_bytes(sum(weights))} in all\n"
-        f"  input   {plan.reader.path}:{plan.reader.dataset}, {describe_reader(plan.reader)}\n"
+        f"  input   {where(plan)}, {describe_reader(plan.reader)}\n"
         f"  output  {job.output.path}: "
         + ", ".join(
             f"{n} {(plan.n_rows, *o.shape)} {np.dtype(o.dtype).name}"

@@ -12,6 +12,17 @@ from hpcinfer.parallel.runtime import Runtime
 from hpcinfer.plan import Plan
 
 
+def input_description(reader: Any) -> dict[str, Any]:
+    """What the input really was: its format, and the dataset (HDF5) or field (JSONL)."""
+    if not reader.items:
+        return {"format": "hdf5", "dataset": reader.dataset, "rows": "numbers"}
+    if reader.kind.startswith("hdf5"):
+        return {"format": "hdf5", "dataset": reader.dataset, "rows": reader.kind[5:]}
+    if reader.kind == "jsonl":
+        return {"format": "jsonl", "field": reader.dataset}
+    return {"format": reader.kind}
+
+
 def balance_summary(metrics: list[dict[str, Any]], wall: float) -> dict[str, float]:
     """Imbalance = max busy / mean busy; efficiency = total busy / (ranks x wall)."""
     busy = [m["busy_seconds"] for m in metrics]
@@ -44,7 +55,7 @@ def output_attrs(
         "model_identity": {k: v for k, v in identity.items() if k.startswith("model ")},
         "model": plan.model.describe(),
         "input_path": str(job.input.path),
-        "input_dataset": job.input.dataset,
+        "input": input_description(plan.reader),
         "n_rows": plan.n_rows,
         "job_file": str(job.source.resolve()),
         "job": job.options(),
