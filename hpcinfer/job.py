@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,8 +123,23 @@ def load_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> J
             raw = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise JobError(f"{source}: not valid TOML: {e}") from None
-    base = source.resolve().parent
+    return build_job(raw, source, source.resolve().parent, overrides)
 
+
+def job_from_dict(data: Mapping[str, Any], base: Path) -> Job:
+    """A job built in code, validated like a job file; relative paths against `base`."""
+    if not isinstance(data, Mapping):
+        raise JobError(f"a job must be a mapping of sections, got {type(data).__name__}")
+    return build_job(dict(data), PYTHON_SOURCE, Path(base).resolve(), ())
+
+
+PYTHON_SOURCE = Path("<job built in Python>")
+
+
+def build_job(
+    raw: dict[str, Any], source: Path, base: Path, overrides: list[str] | tuple[str, ...]
+) -> Job:
+    """Sections of plain values -> a validated Job (`source` names it in messages)."""
     # (value, where it came from, folder relative paths are resolved against)
     entries: dict[str, dict[str, tuple[Any, str, Path]]] = {}
     for section_name, body in raw.items():
