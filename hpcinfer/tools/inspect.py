@@ -24,8 +24,10 @@ HEADROOM = 1.25  # weights x this must fit: activations, buffers, the interprete
 
 def weight_elements(arch: Any, tp: int, shapes: dict[str, tuple[int, ...]]) -> int:
     """The largest share any rank of a TP group of `tp` holds, from the shard table the
-    loader reads (so inspect and the loader cannot disagree)."""
-    return max(table_elements(arch.shard_table(r, tp), shapes) for r in range(tp))
+    loader reads (so inspect and the loader cannot disagree), plus what every rank holds
+    whole outside the main weight file (a sentence embedder's Dense modules)."""
+    extra = getattr(arch, "replicated_elements", 0)
+    return max(table_elements(arch.shard_table(r, tp), shapes) for r in range(tp)) + extra
 
 
 def recommend(arch: Any, shapes: dict, ranks: int, mem_per_rank: float, itemsize: int) -> str:
