@@ -358,3 +358,34 @@ def test_head_of_every_version():
     assert dense.dimension(32) == 16
     prompts = read_head(FIXTURES / "st-prompts", 32)
     assert prompts.default_prompt_name == "query"
+
+
+CONFIG_DAMAGED = [
+    ("tiny-distilbert", {"activation": "silu"}, "config.json: activation 'silu' is not supported"),
+    ("tiny-distilbert", {"n_heads": 5}, "config.json: dim 32 is not a multiple of 5 heads"),
+    ("tiny-distilbert", {"dim": None}, "config.json: missing or invalid"),
+    ("tiny-roberta", {"pad_token_id": 129}, "config.json: pad_token_id 129 is not a valid"),
+    ("tiny-roberta", {"vocab_size": 1000}, "the tokenizer has 2000 tokens but"),
+    ("tiny-xlm-roberta", {"position_embedding_type": "rotary"}, "only absolute position"),
+]
+
+
+@pytest.mark.parametrize(("name", "changes", "expected"), CONFIG_DAMAGED)
+def test_unsupported_encoder_configs(tmp_path, name, changes, expected):
+    folder = copy(name, tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(changes)
+    write(folder / "config.json", config)
+    refused(folder, expected)
+
+
+def test_tp_must_divide_the_heads():
+    from hpcinfer.parallel.tensor import Solo
+
+    class Three(Solo):
+        size = 3
+
+    with pytest.raises(JobError, match=r"run\.tp = 3 does not divide the 4 attention heads"):
+        load_model(
+            FIXTURES / "tiny-distilbert", get_backend("numpy", "float32"), "float32", Three()
+        )

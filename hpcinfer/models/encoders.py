@@ -26,7 +26,7 @@ tensors relative to their layer). The pooler (`pooler.dense.*`) is never read.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +43,12 @@ ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 
 @dataclass(frozen=True)
 class Names:
-    """One architecture's tensor names (relative to the prefix, and to the layer)."""
+    """One architecture's names: config.json keys, and tensor names (relative to the
+    prefix, and to the layer)."""
 
-    prefixes: tuple[str, ...]  # what a file may put before every name
+    sizes: tuple[str, str, str, str]  # config keys of hidden, heads, layers, intermediate
+    activation: str  # config key of the feed-forward activation
+    prefixes: tuple[str, ...]  # what a file may put before every tensor name
     layer: str  # "{i}" is the layer index
     query: str
     key: str
@@ -65,6 +68,8 @@ class Names:
 
 
 BERT_NAMES = Names(
+    ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size"),
+    "hidden_act",
     ("bert.",),
     "encoder.layer.{i}.",
     "attention.self.query",
@@ -77,20 +82,10 @@ BERT_NAMES = Names(
     "output.LayerNorm",
     token_types=True,
 )
-ROBERTA_NAMES = Names(
-    ("roberta.",),
-    "encoder.layer.{i}.",
-    "attention.self.query",
-    "attention.self.key",
-    "attention.self.value",
-    "attention.output.dense",
-    "attention.output.LayerNorm",
-    "intermediate.dense",
-    "output.dense",
-    "output.LayerNorm",
-    token_types=True,
-)
+ROBERTA_NAMES = replace(BERT_NAMES, prefixes=("roberta.",))
 DISTILBERT_NAMES = Names(
+    ("dim", "n_heads", "n_layers", "hidden_dim"),
+    "activation",
     ("distilbert.",),
     "transformer.layer.{i}.",
     "attention.q_lin",
@@ -109,11 +104,6 @@ NAMES = {
     "xlm-roberta": ROBERTA_NAMES,
     "distilbert": DISTILBERT_NAMES,
 }
-# config.json keys: (hidden, heads, layers, intermediate, activation)
-CONFIG_KEYS = {
-    "distilbert": ("dim", "n_heads", "n_layers", "hidden_dim", "activation"),
-}
-BERT_KEYS = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size")
 
 
 @dataclass(frozen=True)
@@ -136,33 +126,32 @@ class EncoderConfig:
         model_type = config.get("model_type")
         if model_type not in NAMES:
             raise JobError(f"{where}: model_type {model_type!r} is not an encoder hpcinfer knows")
-        keys = CONFIG_KEYS.get(model_type, (*BERT_KEYS, "hidden_act"))
-        activation = config.get(keys[4], "gelu")
+        n = NAMES[model_type]
+        activation = config.get(n.activation, "gelu")
         if activation not in ACTIVATIONS:
             raise JobError(
-                f"{where}: {keys[4]} {activation!r} is not supported "
+                f"{where}: {n.activation} {activation!r} is not supported "
                 f"(known: {', '.join(ACTIVATIONS)})"
             )
         if config.get("position_embedding_type", "absolute") != "absolute":
             raise JobError(f"{where}: only absolute position embeddings are supported")
         try:
-            hidden, heads, layers, inter = (int(config[k]) for k in keys[:4])
+            hidden, heads, layers, inter = (int(config[k]) for k in n.sizes)
             vocab = int(config["vocab_size"])
             positions = int(config.get("max_position_embeddings", 512))
         except (KeyError, TypeError, ValueError) as e:
             raise JobError(f"{where}: missing or invalid {e}") from None
-        if min(hidden, heads, layers, inter, vocab, positions) < 1 or hidden % heads:
-            raise JobError(
-                f"{where}: sizes must be positive and the hidden size {hidden} a multiple of "
-                f"the {heads} heads"
-            )
+        if min(hidden, heads, layers, inter, vocab, positions) < 1:
+            raise JobError(f"{where}: every size must be at least 1")
+        if hidden % heads:
+            raise JobError(f"{where}: {n.sizes[0]} {hidden} is not a multiple of {heads} heads")
         pad_id = None
         if model_type in ("roberta", "xlm-roberta"):
             pad_id = config.get("pad_token_id", 1)
             if not isinstance(pad_id, int) or not 0 <= pad_id < positions - 1:
                 raise JobError(f"{where}: pad_token_id {pad_id!r} is not a valid padding_idx")
         word = "embeddings.word_embeddings.weight"
-        prefix = next((p for p in NAMES[model_type].prefixes if p + word in names), "")
+        prefix = next((p for p in n.prefixes if p + word in names), "")
         return cls(
             model_type,
             hidden,
