@@ -20,6 +20,7 @@ Output: dataset "embeddings" (N, D) float32.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -179,15 +180,15 @@ def embedder_forward(params, ids, mask, *, xp, erf, scan, tp: Collectives, cfg: 
 
 def lower_case_first(tokenizer: TextTokenizer) -> None:
     """sentence_bert_config.json's do_lower_case, as sentence-transformers 6 applies it: a
-    Lowercase normalizer in front, unless the tokenizer already has one."""
+    Lowercase normalizer in front, unless the tokenizer has one (alone or in a Sequence)."""
     tok = tokenizer.tokenizer
-    current = tok.normalizer
-    steps = list(current) if isinstance(current, normalizers.Sequence) else [current]
-    if any(isinstance(s, normalizers.Lowercase) for s in steps):
+    described = json.loads(tok.to_str()).get("normalizer") or {}
+    steps = described.get("normalizers", []) if described.get("type") == "Sequence" else [described]
+    if any(step.get("type") == "Lowercase" for step in steps):
         return
-    tok.normalizer = normalizers.Sequence(
-        [normalizers.Lowercase(), *(s for s in steps if s is not None)]
-    )
+    current = tok.normalizer
+    first = normalizers.Lowercase()
+    tok.normalizer = first if current is None else normalizers.Sequence([first, current])
 
 
 def prompt_tokens(tokenizer: TextTokenizer, prompt: str) -> int:

@@ -65,9 +65,11 @@ def inspect_model(
     for t in header.tensors.values():
         by_dtype[t.dtype] += t.nbytes
     itemsize = np.dtype(dtype).itemsize
+    extra = getattr(arch, "replicated_elements", 0)
+    dense = f" (+ {extra:,} in Dense modules)" if extra else ""
     lines = [
         f"{folder}: {arch.title}",
-        f"  parameters   {params:,} in {len(header.tensors)} tensors; stored "
+        f"  parameters   {params:,} in {len(header.tensors)} tensors{dense}; stored "
         + ", ".join(f"{d} {human_bytes(b)}" for d, b in sorted(by_dtype.items()))
         + f"; in memory as {dtype}: {human_bytes(params * itemsize)}",
         f"  {'tp':>4} {'weights/rank':>14} {'all-reduces':>12} {'all-gathers':>12} "
