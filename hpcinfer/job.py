@@ -2,7 +2,8 @@
 
 A job file has four sections:
 
-    [model]   path = "../data/models/digits-mlp", task (auto | predict | embed | score)
+    [model]   path = "../data/models/digits-mlp", task (auto | predict | embed | score),
+              prompt_name (auto | none | a prompt's name; sentence embedders)
     [input]   path = "../data/digits.h5", dataset = "x"  (or a .jsonl with field = "text")
     [output]  path = "../out/digits-mlp.h5"
     [run]     backend, batch_size, chunk_size, dtype, threads, checkpoint, balance, tp,
@@ -39,6 +40,9 @@ class ModelSection:
     # What to compute: predict (MLP outputs), embed (encoders), score (GPT-2 log-probs);
     # auto: the model type's own task (hpcinfer.models.TASKS).
     task: str = field(default="auto", metadata={"kind": str, "choices": TASKS})
+    # Sentence embedders: the prompt put before every text, by its name in the folder's
+    # config_sentence_transformers.json; auto: its default_prompt_name; none: no prompt.
+    prompt_name: str = field(default="auto", metadata={"kind": str})
 
 
 @dataclass(frozen=True)

@@ -127,7 +127,14 @@ def make_plan(job: Job, grid: Grid, local_rank: int = 0) -> Plan:
         backend = get_backend(job.run.backend, job.run.dtype, local_rank)
         tp_comm = resolve_tp_comm(job.run.backend, job.run.tp_comm)
         tp = collectives_for(grid.tp_group, job.run.backend, tp_comm)
-        model = load_model(job.model.path, backend, job.run.dtype, tp, job.model.task)
+        model = load_model(
+            job.model.path,
+            backend,
+            job.run.dtype,
+            tp,
+            job.model.task,
+            prompt_name=job.model.prompt_name,
+        )
         check_input_fits(job, model, reader)
         chunks = make_chunks(reader.n_rows, job.run.chunk_size)
         if len(chunks) >= 2**31:

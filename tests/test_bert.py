@@ -85,7 +85,7 @@ def test_tp_must_divide_the_heads():
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [
-        (lambda c: c.update(hidden_act="relu"), "hidden_act 'relu' is not supported"),
+        (lambda c: c.update(hidden_act="silu"), "hidden_act 'silu' is not supported"),
         (lambda c: c.update(position_embedding_type="relative_key"), "absolute position"),
         (lambda c: c.update(model_type="t5"), "unsupported model_type 't5'"),
     ],

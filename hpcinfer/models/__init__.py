@@ -3,7 +3,7 @@
 A model folder holds `config.json` (its `model_type` selects the family) and the
 weights. Each family module offers the same three things:
 
-    load(folder, config, backend, dtype, tp, task) -> Model   this rank's shard, bound
+    load(folder, config, backend, dtype, tp, task, **options) -> Model   this rank's shard
     architecture(folder, config, weights) -> config object      for `inspect`: title,
                                      misfit(tp), shard_table(rank, size), collectives(tp)
 
@@ -31,16 +31,23 @@ __all__ = ["FAMILIES", "InputKind", "Model", "OutputSpec", "family_of", "load_mo
 class Family:
     tasks: tuple[str, ...]  # what it can compute; the first is the default
     module: str  # imported only when a model of this family is loaded or inspected
+    options: tuple[str, ...] = ()  # [model] job keys its load() takes (see MODEL_OPTIONS)
 
     def load_module(self) -> ModuleType:
         return importlib.import_module(self.module)
 
 
+EMBEDDER = "hpcinfer.models.embedder"
 FAMILIES = {
     "mlp": Family(("predict",), "hpcinfer.models.mlp"),
-    "bert": Family(("embed",), "hpcinfer.models.bert"),
+    "bert": Family(("embed",), EMBEDDER, ("prompt_name",)),
+    "roberta": Family(("embed",), EMBEDDER, ("prompt_name",)),
+    "xlm-roberta": Family(("embed",), EMBEDDER, ("prompt_name",)),
+    "distilbert": Family(("embed",), EMBEDDER, ("prompt_name",)),
     "gpt2": Family(("score",), "hpcinfer.models.gpt2"),
 }
+# [model] job keys a family may take, with the value that means "not set".
+MODEL_OPTIONS = {"prompt_name": "auto"}
 
 
 def read_config(folder: Path) -> dict[str, Any]:
@@ -75,12 +82,15 @@ def load_model(
     dtype: str,
     tp: Collectives | None = None,
     task: str = "auto",
+    **options: Any,
 ) -> Model:
     """Load this TP rank's shard of the model in `folder`, computing in `dtype`.
 
     `tp` is the TP group's collectives (hpcinfer.parallel.comm), which know this rank's
     place in the group; None means no tensor parallelism. `task` (model.task) must be
-    one the family can do; "auto" takes its default.
+    one the family can do; "auto" takes its default. `options` are further [model] keys
+    (MODEL_OPTIONS, e.g. prompt_name): one set to other than its default is refused for
+    a family that does not take it.
     """
     config = read_config(folder)
     family = family_of(folder, config)
@@ -90,4 +100,13 @@ def load_model(
             f"({folder}); it can do: {', '.join(family.tasks)}"
         )
     task = family.tasks[0] if task == "auto" else task
-    return family.load_module().load(folder, config, backend, dtype, tp or Solo(), task)
+    for key, value in options.items():
+        if key not in MODEL_OPTIONS:
+            raise TypeError(f"load_model: unknown option {key!r}")
+        if key not in family.options and value != MODEL_OPTIONS[key]:
+            raise JobError(
+                f"model.{key} = {value!r} is not available for model_type "
+                f"{config['model_type']!r} ({folder})"
+            )
+    taken = {k: v for k, v in options.items() if k in family.options}
+    return family.load_module().load(folder, config, backend, dtype, tp or Solo(), task, **taken)

@@ -24,8 +24,10 @@ HEADROOM = 1.25  # weights x this must fit: activations, buffers, the interprete
 
 def weight_elements(arch: Any, tp: int, shapes: dict[str, tuple[int, ...]]) -> int:
     """The largest share any rank of a TP group of `tp` holds, from the shard table the
-    loader reads (so inspect and the loader cannot disagree)."""
-    return max(table_elements(arch.shard_table(r, tp), shapes) for r in range(tp))
+    loader reads (so inspect and the loader cannot disagree), plus what every rank holds
+    whole outside the main weight file (a sentence embedder's Dense modules)."""
+    extra = getattr(arch, "replicated_elements", 0)
+    return max(table_elements(arch.shard_table(r, tp), shapes) for r in range(tp)) + extra
 
 
 def recommend(arch: Any, shapes: dict, ranks: int, mem_per_rank: float, itemsize: int) -> str:
@@ -63,9 +65,11 @@ def inspect_model(
     for t in header.tensors.values():
         by_dtype[t.dtype] += t.nbytes
     itemsize = np.dtype(dtype).itemsize
+    extra = getattr(arch, "replicated_elements", 0)
+    dense = f" (+ {extra:,} in Dense modules)" if extra else ""
     lines = [
         f"{folder}: {arch.title}",
-        f"  parameters   {params:,} in {len(header.tensors)} tensors; stored "
+        f"  parameters   {params:,} in {len(header.tensors)} tensors{dense}; stored "
         + ", ".join(f"{d} {human_bytes(b)}" for d, b in sorted(by_dtype.items()))
         + f"; in memory as {dtype}: {human_bytes(params * itemsize)}",
         (f"  {'tp':>4} {'weights/rank':>14} {'all-reduces':>12} {'all-gathers':>12} "
