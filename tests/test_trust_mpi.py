@@ -365,3 +365,20 @@ def test_results_of_private_data_stay_private(tmp_path, digits_job):
     p = hpcinfer("run", str(job), n=2)
     assert p.returncode == 0, p.stderr
     assert out_of(tmp_path).stat().st_mode & 0o077 == 0
+
+
+def test_the_identity_covers_a_modules_weights_and_the_prompt(tmp_path):
+    from hpcinfer.checkpoint.identity import model_identity
+
+    folder = tmp_path / "st"
+    import shutil
+
+    shutil.copytree(DATA / "fixtures" / "st-dense-normalize", folder)
+    before = model_identity(folder)
+    assert "model weights 2_Dense/model.safetensors" in before
+    dense = folder / "2_Dense" / "model.safetensors"
+    os.utime(dense, (1, 1))  # a rewritten Dense (same size) changes the identity
+    assert model_identity(folder) != before
+    from hpcinfer.checkpoint.identity import OUTPUT_SETTINGS
+
+    assert ("model", "prompt_name") in OUTPUT_SETTINGS

@@ -32,6 +32,7 @@ MODEL_FILE_SUFFIXES = (".json", ".txt", ".model", ".jinja")
 MAX_MODEL_FILE_BYTES = 64 * 2**20  # larger "small" files are identified by size and mtime
 OUTPUT_SETTINGS = (
     ("model", "task"),
+    ("model", "prompt_name"),
     ("input", "format"),
     ("input", "dataset"),
     ("input", "field"),
@@ -49,13 +50,17 @@ def file_sha256(path: Path, block: int = 2**20) -> str:
 
 
 def model_identity(folder: Path) -> dict[str, Any]:
-    """The weights by their headers, the folder's small files by content."""
+    """The weights by their headers (the model's, and every module's in a subfolder, such
+    as a sentence-transformers Dense), the folder's small files by content."""
     facts: dict[str, Any] = {"model weights": weights_identity(folder)}
     for path in sorted(folder.rglob("*")):
-        if not path.is_file() or path.suffix not in MODEL_FILE_SUFFIXES:
-            continue
         name = path.relative_to(folder).as_posix()
-        if name.startswith("."):
+        if not path.is_file() or name.startswith("."):
+            continue
+        if path.suffix == ".safetensors" and path.parent != folder:
+            facts[f"model weights {name}"] = weights_identity(path.parent)
+            continue
+        if path.suffix not in MODEL_FILE_SUFFIXES:
             continue
         try:
             st = path.stat()
