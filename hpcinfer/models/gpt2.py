@@ -36,7 +36,7 @@ from hpcinfer.io.safetensors_checkpoint import open_weights
 from hpcinfer.io.tokenizer_files import load_tokenizer
 from hpcinfer.models.base import OutputSpec
 from hpcinfer.models.shards import Part, ShardTable, read_table, whole
-from hpcinfer.models.text import TextModel, check_heads_split, encode_items
+from hpcinfer.models.text import TextModel, check_heads_split
 from hpcinfer.models.transformer import attention, gelu_erf, gelu_tanh, layer_norm, split_heads
 from hpcinfer.parallel.partition import split_range, split_slice
 from hpcinfer.parallel.tensor import (
@@ -293,7 +293,7 @@ class Gpt2Scorer(TextModel):
 
     def predict_items(self, items: list, batch_size: int) -> dict[str, np.ndarray]:
         """Scores in input order; texts batched by length so padding stays small."""
-        ids = encode_items(self.tokenizer, items, self.cfg.positions, self.cfg.vocab)
+        ids = self.encode(items, self.cfg.positions, self.cfg.vocab)
         logprob = np.zeros(len(items), np.float64)
         for rows, token_logp in self.run_batches(ids, batch_size):
             logprob[rows] = token_logp.astype(np.float64).sum(axis=1)  # summed in float64
