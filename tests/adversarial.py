@@ -176,17 +176,20 @@ def loop(ws: Workspace) -> list[str]:
     return ws.run("mlp", "--set", f"model.path='{ws.root / 'a' / 'model'}'")
 
 
-def bad_h5(ws: Workspace) -> Workspace:
-    """The HDF5 file of test_run_mpi's old bad-input cases."""
-    ws.h5(
-        "bad.h5",
-        x=np.zeros((10, 63), np.float32),
-        s=np.array([b"a", b"b"]),
-        v=np.array([b"ab"], dtype="V2"),
-    )
-    with h5py.File(ws.root / "bad.h5", "a") as f:
-        f.create_group("g")
-    return ws
+def bad_h5(dataset: str) -> Callable[[Workspace], list[str]]:
+    """The mlp job on `dataset` of the HDF5 file of test_run_mpi's old bad-input cases."""
+
+    def make(ws: Workspace) -> list[str]:
+        path = ws.h5(
+            "bad.h5",
+            x=np.zeros((10, 63), np.float32),
+            s=np.array([b"a", b"b"]),
+            v=np.array([b"ab"], dtype="V2"),
+            g=lambda f, key: f.create_group(key),
+        )
+        return ws.run("mlp", path=path, dataset=dataset)
+
+    return make
 
 
 def h5_run(model: str, **datasets) -> Callable[[Workspace], list[str]]:

@@ -83,31 +83,11 @@ CASES = [
     Case("tp-too-large", with_set("run.tp=3"), "run.tp"),
     # ---- HDF5 inputs ----
     Case("h5-missing", with_set("input.path='nope.h5'"), "nope.h5: input file not found"),
-    Case(
-        "h5-no-dataset",
-        lambda ws: bad_h5(ws).run("mlp", path=ws.root / "bad.h5", dataset="y"),
-        "dataset 'y' not found",
-    ),
-    Case(
-        "h5-group",
-        lambda ws: bad_h5(ws).run("mlp", path=ws.root / "bad.h5", dataset="g"),
-        "'g' is a group, not a dataset",
-    ),
-    Case(
-        "h5-strings-for-mlp",
-        lambda ws: bad_h5(ws).run("mlp", path=ws.root / "bad.h5", dataset="s"),
-        "numeric rows (HDF5), but input.path",
-    ),
-    Case(
-        "h5-opaque",
-        lambda ws: bad_h5(ws).run("mlp", path=ws.root / "bad.h5", dataset="v"),
-        "bad.h5:v has dtype |V2; expected numbers, strings or",
-    ),
-    Case(
-        "h5-row-shape",
-        lambda ws: bad_h5(ws).run("mlp", path=ws.root / "bad.h5"),
-        "bad.h5:x rows have shape (63,) but the model",
-    ),
+    Case("h5-no-dataset", bad_h5("y"), "dataset 'y' not found"),
+    Case("h5-group", bad_h5("g"), "'g' is a group, not a dataset"),
+    Case("h5-strings-for-mlp", bad_h5("s"), "numeric rows (HDF5), but input.path"),
+    Case("h5-opaque", bad_h5("v"), "bad.h5:v has dtype |V2; expected numbers, strings or"),
+    Case("h5-row-shape", bad_h5("x"), "bad.h5:x rows have shape (63,) but the model"),
     Case(
         "h5-job-as-hdf5",
         with_set("input.path='{job}'", "input.format='hdf5'"),

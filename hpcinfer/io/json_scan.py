@@ -163,19 +163,14 @@ class _Scanner:
                     else:
                         self.skip_member_run(len(stack))
                 elif c is not None and c == stack[-1] + 2:  # "[" + 2 == "]", "{" + 2 == "}"
-                    self.pos += 1
-                    stack.pop()
-                    self.closed(len(stack))
+                    self.close(stack)
                 else:
                     raise self.fail("Expecting ',' delimiter")
             elif c is None:
                 raise self.fail("Expecting value")
             elif state in ("key", "key or close"):
                 if c == ord("}") and state == "key or close":
-                    self.pos += 1
-                    stack.pop()
-                    self.closed(len(stack))
-                    state = "after"
+                    state = self.close(stack)
                     continue
                 if c != ord('"'):
                     raise self.fail("Expecting property name enclosed in double quotes")
@@ -186,10 +181,7 @@ class _Scanner:
                 self.pos += 1
                 state = "value"
             elif state == "value or close" and c == ord("]"):
-                self.pos += 1
-                stack.pop()
-                self.closed(len(stack))
-                state = "after"
+                state = self.close(stack)
             else:
                 state = self.value(c, stack, field_next)
                 field_next = False
@@ -230,11 +222,15 @@ class _Scanner:
             self.add_id(token)
         return "after"
 
-    def closed(self, depth: int) -> None:
-        """A container closed, leaving `depth` open: the field's id list may be done."""
-        if depth == 1 and self.ids is not None:
+    def close(self, stack: list[int]) -> str:
+        """Consume the bracket that closes the innermost container; the field's id list
+        may be done. The state that follows."""
+        self.pos += 1
+        stack.pop()
+        if len(stack) == 1 and self.ids is not None:
             self.found = FieldValue("ids", self.ids, self.ids_whole, self.found.brief)
             self.ids = None
+        return "after"
 
     # ---- the field's token ids ----
 
