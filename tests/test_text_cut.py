@@ -39,7 +39,22 @@ def smollm2() -> list[Path]:
     )
 
 
-SOURCES = [*FOLDERS, *GGUFS, *smollm2()]
+SOURCES = [*FOLDERS, *GGUFS, *smollm2(), "spm.gguf", "llama-bpe.gguf"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """The GGUF vocabularies data/make_tokenizer_fixtures.py builds from data/fixtures/
+    tokenizers (sentencepiece's, and GPT-2's as llama-bpe), as test_tokenizer_files does."""
+    spec = importlib.util.spec_from_file_location("fx", DATA / "make_tokenizer_fixtures.py")
+    fx = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fx)
+    tmp = tmp_path_factory.mktemp("gguf")
+    spm = json.loads((FIXTURES / "tokenizers" / "spm" / "vocab.json").read_text("utf-8"))
+    return {
+        "spm.gguf": fx.write_spm_gguf(tmp / "spm.gguf", spm),
+        "llama-bpe.gguf": fx.write_gpt2_gguf(tmp / "llama-bpe.gguf", "llama-bpe", True),
+    }
 
 
 def corpus(n: int) -> list[str]:
@@ -70,19 +85,20 @@ def cut_chars_floor() -> int:
     return 8 * 2 + MARGIN_CHARS
 
 
-def open_source(path):
+def open_source(source, built: dict):
+    path = built.get(source) or source
     return GgufFile(path) if path.suffix == ".gguf" else path
 
 
-@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.name)
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: getattr(p, "name", p))
 @pytest.mark.parametrize("max_length", [8, 64])
-def test_the_first_max_length_tokens_are_those_of_the_whole_text(source, max_length):
-    tok = load_tokenizer(open_source(source), max_length)
+def test_the_first_max_length_tokens_are_those_of_the_whole_text(source, max_length, built):
+    tok = load_tokenizer(open_source(source, built), max_length)
     texts = hard_texts() + corpus(50)
     whole = tok.tokenizer.encode_batch([tok.prefix + t for t in texts])
     got = encode_texts(tok, texts)
     for text, w, g in zip(texts, whole, got.ids, strict=True):
-        assert g.tolist() == w.ids, f"{source.name}: {text[:40]!r}... differs after the cut"
+        assert g.tolist() == w.ids, f"{source}: {text[:40]!r}... differs after the cut"
     assert got.truncated == sum(bool(w.overflowing) for w in whole)
 
 

@@ -129,6 +129,7 @@ class TextModel:
 
     input_kind = InputKind.ITEMS
     row_shape: tuple[int, ...] = ()
+    tokenizer: TextTokenizer | None = None  # set by the subclass before `bind`
 
     def bind(self, backend: Any, dtype: str, tp: Collectives, host: dict, forward: Any) -> None:
         """`forward(params, ids, mask, *, xp, erf, scan, tp)`: the model's pure forward."""
@@ -158,9 +159,8 @@ class TextModel:
         """How much of a row a reader need keep: the characters the tokenizer is given at
         first, and one token id more than the maximum length (so a cut list counts as
         truncated)."""
-        tokenizer = getattr(self, "tokenizer", None)
         max_length = int(self.describe()["max_length"])
-        chars = cut_chars(tokenizer) if tokenizer is not None else 64  # texts are refused
+        chars = cut_chars(self.tokenizer) if self.tokenizer else 64  # no tokenizer: texts refused
         return TextCut(chars, max_length + 1)
 
     def rank_metrics(self) -> dict[str, float]:
