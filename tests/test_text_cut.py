@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from hpcinfer.io.gguf_file import GgufFile
-from hpcinfer.io.text_cut import MARGIN_CHARS, TextPrefix, cut_chars, encode_texts
+from hpcinfer.io.text_cut import MARGIN_CHARS, TextPrefix, cut_chars, encode_texts, prepend
 from hpcinfer.io.tokenizer_files import load_tokenizer
 from hpcinfer.models.text import TokenCounts, encode_items
 from tests.conftest import DATA, ROOT
@@ -115,6 +115,21 @@ def test_a_reader_prefix_is_read_further_when_the_cut_proves_nothing():
     assert got.ids[0].tolist() == tok.encode_batch([text])[0].tolist()
     assert asked and asked == sorted(asked)  # widened, doubling
     assert got.truncated == 1
+
+
+def test_a_prompt_before_a_cut_text_reads_further_as_it_should():
+    tok = load_tokenizer(DATA / "models" / "all-MiniLM-L6-v2", 16)
+    text = " " * 20000 + "the words that matter " * 20
+
+    def more(n: int):
+        return text if n >= len(text) else TextPrefix(text[:n], more)
+
+    prompted = prepend("query: ", TextPrefix(text[:100], more))
+    assert prompted.text == "query: " + text[:100]
+    assert prompted.more(107).text == "query: " + text[:100]
+    got = encode_texts(tok, [prompted])
+    assert got.ids[0].tolist() == tok.encode_batch(["query: " + text])[0].tolist()
+    assert prepend("q: ", "short") == "q: short"
 
 
 def test_token_id_lists_and_texts_count_truncated_rows():

@@ -60,6 +60,15 @@ class Encoded:
     truncated: int
 
 
+def prepend(prompt: str, text: str | TextPrefix) -> str | TextPrefix:
+    """`prompt` + the text, cut or not (a model that puts a prompt before every text)."""
+    if isinstance(text, str):
+        return prompt + text
+    return TextPrefix(
+        prompt + text.text, lambda n: prepend(prompt, text.more(max(1, n - len(prompt))))
+    )
+
+
 @lru_cache(maxsize=16)
 def longest_token_chars(tok: TextTokenizer) -> int:
     """The most characters of text one vocabulary entry stands for (WordPiece's "##"
