@@ -93,14 +93,16 @@ MODEL_CASES = [
         damaged(lambda ws: poke(ws.gpt2, "transformer.h.1.mlp.c_fc.weight", float("inf"))),
         "tensor 'transformer.h.1.mlp.c_fc.weight': 1 of",
     ),
-    Case("weights-header-garbage", damaged(header_garbage), "tiny-gpt2/model.safetensors"),
+    Case("weights-header-garbage", damaged(header_garbage), "model.safetensors: bad JSON header"),
     Case(
         "weights-truncated",
         damaged(lambda ws: shrink(ws.gpt2 / "model.safetensors", 0.7)),
-        "tiny-gpt2/model.safetensors",
+        "model.safetensors: tensor 'transformer.wpe.weight': data offsets",
     ),
     Case(
-        "weights-missing", damaged(lambda ws: (ws.gpt2 / "model.safetensors").unlink()), "tiny-gpt2"
+        "weights-missing",
+        damaged(lambda ws: (ws.gpt2 / "model.safetensors").unlink()),
+        "tiny-gpt2: no model.safetensors",
     ),
     Case(
         "tokenizer-garbage",

@@ -58,7 +58,7 @@ CASES = [
     Case(
         "job-loop",
         lambda ws: (os.symlink("j.toml", ws.root / "j.toml"), ["run", str(ws.root / "j.toml")])[1],
-        "j.toml: job file",
+        "j.toml: job file: ",
     ),
     Case("set-unknown-key", with_set("run.colour=1"), "--set run.colour: unknown key"),
     Case(
@@ -76,11 +76,11 @@ CASES = [
         with_set("model.path='~nosuchuser_hpcinfer/m'"),
         "~nosuchuser_hpcinfer in '~nosuchuser_hpcinfer/m': no such user",
     ),
-    Case("path-loop", loop, "model.path: "),
+    Case("path-loop", loop, "/a/model runs into a loop of symbolic links"),
     Case("model-nowhere", with_set("model.path='nowhere'"), "model folder not found"),
     Case("output-is-folder", with_set("output.path='{root}'"), "is a folder"),
     Case("output-is-input", with_set("output.path='{ws.digits}'"), "is a file this job reads"),
-    Case("tp-too-large", with_set("run.tp=3"), "run.tp"),
+    Case("tp-too-large", with_set("run.tp=3"), "run.tp = 3 does not divide the 1 rank(s)"),
     # ---- HDF5 inputs ----
     Case("h5-missing", with_set("input.path='nope.h5'"), "nope.h5: input file not found"),
     Case("h5-no-dataset", bad_h5("y"), "dataset 'y' not found"),
