@@ -18,6 +18,8 @@ override the file; relative paths given there are resolved against the working d
 from __future__ import annotations
 
 import dataclasses
+import errno
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -119,14 +121,13 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 
 def load_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Job:
     """Read and validate a job file; `overrides` are `section.key=value` strings."""
+    if "\x00" in str(path):
+        raise JobError(f"{str(path)!r}: the job file's path contains a NUL byte")
     source = Path(path)
+    _check_no_loop(source, f"{source}: job file")
     if not source.is_file():
         raise JobError(f"{source}: job file not found")
-    try:
-        with source.open("rb") as f:
-            raw = tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise JobError(f"{source}: not valid TOML: {e}") from None
+    raw = _read_toml(source)
     return build_job(raw, source, source.resolve().parent, overrides)
 
 
@@ -170,6 +171,49 @@ def build_job(
     return Job(source=source, **sections)
 
 
+def _read_toml(source: Path) -> dict[str, Any]:
+    """The job file as TOML data; not UTF-8, not TOML or nested past the stack: one line."""
+    data = source.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise JobError(
+            f"{source}:{line}: not UTF-8 (byte {column}); job files are UTF-8 TOML"
+        ) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise JobError(f"{source}: not valid TOML: {e}") from None
+    except RecursionError:
+        raise JobError(f"{source}: not valid TOML: nested too deeply") from None
+
+
+def _check_no_loop(path: Path, where: str) -> None:
+    """A symbolic-link loop on the way to `path` is an error naming it (a missing or
+    not-yet-made path is fine: what it must be is checked where it is used)."""
+    try:
+        os.path.realpath(path, strict=True)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise JobError(f"{where}: {path} runs into a loop of symbolic links") from None
+
+
+def _path(value: str, where: str, base: Path) -> Path:
+    """A path from a job: `~` and `~user` expanded, relative to `base`; no NUL, no loop."""
+    if "\x00" in value:
+        raise JobError(f"{where}: the path {value!r} contains a NUL byte")
+    try:
+        p = Path(value).expanduser()
+    except RuntimeError:  # ~user of no such user, or no home directory
+        raise JobError(f"{where}: {value.split('/')[0]} in {value!r}: no such user") from None
+    absolute = p.is_absolute()
+    p = p if absolute else base / p
+    _check_no_loop(p, where)
+    return p if absolute else p.resolve()
+
+
 def _build_section(name: str, cls: type, entries: dict, source: Path) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key, (_, where, _) in entries.items():
@@ -192,8 +236,7 @@ def _check_value(value: Any, meta: dict, where: str, base: Path) -> Any:
     if kind == "path":
         if not isinstance(value, str) or not value:
             raise JobError(f"{where} must be a path string, got {value!r}")
-        p = Path(value).expanduser()
-        return p if p.is_absolute() else (base / p).resolve()
+        return _path(value, where, base)
     if kind is bool and not isinstance(value, bool):
         raise JobError(f"{where} must be true or false, got {type(value).__name__} {value!r}")
     if kind is int and (isinstance(value, bool) or not isinstance(value, int)):

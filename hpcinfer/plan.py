@@ -20,6 +20,7 @@ from hpcinfer.job import Job
 from hpcinfer.models import InputKind, Model, load_model
 from hpcinfer.parallel.comm import collectives_for, resolve_tp_comm
 from hpcinfer.parallel.grid import Grid, check_tp
+from hpcinfer.parallel.partition import split_range
 from hpcinfer.parallel.runtime import Runtime, agree
 from hpcinfer.schedule.chunks import Chunk, make_chunks
 
@@ -50,7 +51,7 @@ def validated_plan(job: Job, rt: Runtime) -> Plan:
     grid = Grid.build(rt.comm, job.run.tp)
     plan = None
     try:
-        plan = make_plan(job, grid, rt.local_rank)
+        plan = make_plan(job, grid, rt.local_rank, rt.rank, rt.size)
     except JobError as e:
         error = e
     agree(rt, error)
@@ -119,8 +120,21 @@ def check_input_fits(job: Job, model: Model, reader: Reader) -> None:
         )
 
 
-def make_plan(job: Job, grid: Grid, local_rank: int = 0) -> Plan:
-    """Validate `job` end to end and load this rank's shard of the model."""
+def check_rows(job: Job, model: Model, reader: Reader, rank: int, size: int) -> None:
+    """Rows fit in memory and parse: text rows are cut to what the model's tokenizer can
+    use, a batch of numeric rows must fit in memory, and this rank checks its 1/size share
+    of the rows (a bad JSONL line is then found here, not when its chunk runs; agree()
+    reports the lowest)."""
+    if model.input_kind is InputKind.ITEMS:
+        reader.set_cut(model.text_cut())
+    else:
+        reader.check_batch(job.run.batch_size, job.run.dtype)
+    reader.validate(split_range(reader.n_rows, rank, size))
+
+
+def make_plan(job: Job, grid: Grid, local_rank: int = 0, rank: int = 0, size: int = 1) -> Plan:
+    """Validate `job` end to end and load this rank's shard of the model; `rank` of `size`
+    (world) checks its share of the input rows."""
     reader = open_input(job)
     try:
         check_output_path(job, reader)
@@ -136,6 +150,7 @@ def make_plan(job: Job, grid: Grid, local_rank: int = 0) -> Plan:
             prompt_name=job.model.prompt_name,
         )
         check_input_fits(job, model, reader)
+        check_rows(job, model, reader, rank, size)
         chunks = make_chunks(reader.n_rows, job.run.chunk_size)
         if len(chunks) >= 2**31:
             raise JobError(

@@ -3,10 +3,15 @@
 A dataset of numbers gives arrays (Hdf5Rows, for models such as the MLP); a dataset of
 strings, or of variable-length integers (token ids), gives items (Hdf5Items, for text
 models). `open_hdf5` picks by the dataset's type.
+
+A file HDF5 cannot open (truncated, damaged, not HDF5) or read, a string that is not
+UTF-8 and a token id beyond int64 are each a JobError naming the file, dataset and row;
+so is a batch of rows too large for the memory there is (`check_batch`).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +19,14 @@ import h5py
 import numpy as np
 
 from hpcinfer.errors import JobError
+from hpcinfer.io.file_checks import available_memory_bytes, error_text, human_bytes
+from hpcinfer.io.text_cut import TextCut
+
+VALIDATE_ROWS = 4096  # items decoded at a time by validate()
+INT64_MAX = 2**63 - 1
+# What HDF5 raises for a damaged file or object (h5py maps HDF5's errors onto these).
+H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _source_files(path: Path, file: h5py.File, dataset: str, node: h5py.Dataset) -> list[Path]:
@@ -44,8 +57,21 @@ def _open_dataset(path: Path, dataset: str) -> tuple[h5py.File, h5py.Dataset]:
         raise JobError(f"{path}: input file not found (input.path)")
     if not h5py.is_hdf5(path):
         raise JobError(f"{path}: not an HDF5 file (input.path)")
-    file = h5py.File(path, "r")
-    node = file.get(dataset)
+    try:
+        file = h5py.File(path, "r")
+    except H5_ERRORS as e:
+        raise JobError(
+            f"{path}: HDF5 cannot open it (truncated or damaged?): {error_text(e)}"
+        ) from None
+    try:
+        node = file.get(dataset)
+        if isinstance(node, h5py.Dataset):
+            _ = (node.shape, node.dtype)  # a damaged header fails here, not later
+    except H5_ERRORS as e:
+        file.close()
+        raise JobError(
+            f"{path}:{dataset}: HDF5 cannot read it (damaged?): {error_text(e)}"
+        ) from None
     if not isinstance(node, h5py.Dataset):
         names = [k for k, v in file.items() if isinstance(v, h5py.Dataset)]
         file.close()
@@ -109,9 +135,38 @@ class Hdf5Rows:
         """The files the rows come from (the identity of the input covers each)."""
         return self._sources
 
+    def validate(self, rows: range) -> None:
+        """Numbers need no parsing: HDF5 types them."""
+
+    def set_cut(self, cut: TextCut) -> None:
+        """Rows of numbers are never cut."""
+
+    def check_batch(self, batch_size: int, dtype: str) -> None:
+        """Refuse a batch (read as stored, then cast to `dtype`) larger than the memory
+        available, before any rank reads one: the row shape comes from the file."""
+        row = int(np.prod(self.row_shape, dtype=object)) * (
+            self.dtype.itemsize + np.dtype(dtype).itemsize
+        )
+        need, avail = min(batch_size, max(1, self.n_rows)) * row, available_memory_bytes()
+        if avail is not None and need > avail:
+            raise JobError(
+                f"{self.path}:{self.dataset}: a batch of {min(batch_size, self.n_rows)} rows of "
+                f"shape {self.row_shape} {self.dtype} needs {human_bytes(need)} of memory but "
+                f"only {human_bytes(avail)} is available (lower run.batch_size)"
+            )
+
     def read(self, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) as a numpy array; reads nothing else."""
-        return self._data[start:stop]
+        try:
+            return self._data[start:stop]
+        except H5_ERRORS as e:
+            raise self._unreadable(start, stop, e) from None
+
+    def _unreadable(self, start: int, stop: int, e: BaseException) -> JobError:
+        return JobError(
+            f"{self.where(start)}..[{stop - 1}]: HDF5 cannot read these rows (damaged or "
+            f"truncated file?): {error_text(e)}"
+        )
 
     def close(self) -> None:
         self._file.close()
@@ -128,20 +183,42 @@ class Hdf5Items(Hdf5Rows):
         self.path, self.dataset, self._file = path, dataset, file
         self._sources = sources
         if node.ndim != 1:
+            shape, kind = node.shape, item_kind(node.dtype)
             file.close()
-            raise JobError(f"{path}:{dataset} has shape {node.shape}; expected one item per row")
+            raise JobError(
+                f"{path}:{dataset} is a {len(shape)}-D dataset of {kind} (shape {shape}); "
+                "expected one item per row (1-D)"
+            )
         kind = item_kind(node.dtype)
         self.kind = f"hdf5 {kind}"
         self._texts = kind == "texts"
-        self._data = node.asstr() if self._texts else node
+        # Bytes as stored: decoded here, as UTF-8 (ASCII is UTF-8), so a bad row is named.
+        self._data = node.asstr(encoding="utf-8", errors="surrogateescape") if self._texts else node
         self.n_rows = int(node.shape[0])
         self.row_shape = ()
         self.dtype = node.dtype
 
+    def validate(self, rows: range) -> None:
+        """Read and check every item of `rows`, VALIDATE_ROWS at a time."""
+        for start in range(rows.start, rows.stop, VALIDATE_ROWS):
+            self.read(start, min(rows.stop, start + VALIDATE_ROWS))
+
     def read(self, start: int, stop: int) -> list[Any]:
         """Items [start, stop): str for texts, int64 arrays for token ids."""
-        values = self._data[start:stop]
+        try:
+            values = self._data[start:stop]
+        except H5_ERRORS as e:
+            raise self._unreadable(start, stop, e) from None
         if self._texts:
+            for i, text in enumerate(values):
+                if _SURROGATE.search(text):  # an undecodable byte, escaped by surrogateescape
+                    column = len(text[: _SURROGATE.search(text).start()].encode("utf-8")) + 1
+                    raise JobError(f"{self.where(start + i)}: not valid UTF-8 (byte {column})")
             return list(values)
-        # Ids outside the vocabulary (negative ones too) are the model's to refuse.
-        return [ids.astype(np.int64, copy=False) for ids in values]
+        out = []
+        for i, ids in enumerate(values):
+            if ids.dtype.kind == "u" and ids.size and ids.max() > INT64_MAX:
+                raise JobError(f"{self.where(start + i)}: token id {ids.max()} does not fit int64")
+            # Ids outside the vocabulary (negative ones too) are the model's to refuse.
+            out.append(ids.astype(np.int64, copy=False))
+        return out

@@ -59,7 +59,7 @@ def read_config(folder: Path) -> dict[str, Any]:
         raise JobError(f"{path}: not found (a model folder needs config.json)")
     try:
         config = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested too deeply
         raise JobError(f"{path}: not valid JSON: {e}") from None
     if not isinstance(config, dict):
         raise JobError(f"{path}: must hold a JSON object")

@@ -4,6 +4,9 @@ forward.
 Texts of mixed lengths padded to the longest waste most of the FLOPs, so a chunk's texts
 are sorted by length, cut into batches padded to one of a few lengths (few shapes for
 XLA to compile), and the results put back in input order.
+
+A text is cut before it is tokenized (io.text_cut: a huge row costs a few MB) and readers
+cut rows to the model's `text_cut()`; rows that lost tokens are counted (`rows_truncated`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 
 from hpcinfer.backends import compile_forward
 from hpcinfer.errors import BadRow, JobError
+from hpcinfer.io.text_cut import TextCut, TextPrefix, cut_chars, encode_texts
 from hpcinfer.io.text_tokenizer import TextTokenizer
 from hpcinfer.models.base import InputKind
 from hpcinfer.models.params import tree_map, tree_nbytes
@@ -36,42 +40,57 @@ def padded_length(n: int) -> int:
 
 
 def encode_items(
-    tokenizer: TextTokenizer | None, items: Sequence[Any], max_length: int, vocab_size: int
+    tokenizer: TextTokenizer | None,
+    items: Sequence[Any],
+    max_length: int,
+    vocab_size: int,
+    counts: TokenCounts | None = None,
 ) -> list[np.ndarray]:
-    """Token ids of each item: texts through the tokenizer, token-id lists as given (cut
-    to `max_length`). An id outside the vocabulary, or a text for a model without a
-    tokenizer, is a BadRow naming the item."""
+    """Token ids of each item: texts (str or TextPrefix) through the tokenizer, token-id
+    lists as given (cut to `max_length`). An id outside the vocabulary, or a text for a
+    model without a tokenizer, is a BadRow naming the item. `counts.rows_truncated` adds
+    the items that lost tokens."""
     ids: list[np.ndarray | None] = [None] * len(items)
-    texts = [i for i, item in enumerate(items) if isinstance(item, str)]
+    texts = [i for i, item in enumerate(items) if isinstance(item, str | TextPrefix)]
     if texts and tokenizer is None:
         raise BadRow(
             texts[0],
             "a text, but the model folder has no tokenizer (tokenizer.json, vocab.json + "
             "merges.txt, or vocab.txt): give token ids instead",
         )
+    truncated = 0
     if texts:
-        for i, encoded in zip(
-            texts, tokenizer.encode_batch([items[i] for i in texts]), strict=True
-        ):
-            ids[i] = encoded
+        encoded = encode_texts(tokenizer, [items[i] for i in texts])
+        for i, row in zip(texts, encoded.ids, strict=True):
+            ids[i] = row
+        truncated += encoded.truncated
     for i, item in enumerate(items):
         if ids[i] is not None:
             continue
-        given = np.asarray(item, dtype=np.int64)[:max_length]
+        try:
+            given = np.asarray(item, dtype=np.int64)
+        except (OverflowError, ValueError, TypeError):
+            raise BadRow(i, "token ids must be integers that fit int64") from None
+        truncated += len(given) > max_length
+        given = given[:max_length]
         if given.size and (given.min() < 0 or given.max() >= vocab_size):
             bad = given[(given < 0) | (given >= vocab_size)][0]
             raise BadRow(i, f"token id {bad} is outside the vocabulary (0..{vocab_size - 1})")
         ids[i] = given
+    if counts is not None:
+        counts.rows_truncated += truncated
     return ids  # type: ignore[return-value]
 
 
 @dataclass
 class TokenCounts:
     """Tokens of real text, and tokens computed (padding included): their ratio is the
-    padding efficiency, reported per rank in the output's rank_metrics."""
+    padding efficiency, reported per rank in the output's rank_metrics. And rows that lost
+    tokens: cut before tokenizing, or truncated to the maximum length."""
 
     real: int = 0
     computed: int = 0
+    rows_truncated: int = 0
 
 
 def length_batches(
@@ -110,6 +129,7 @@ class TextModel:
 
     input_kind = InputKind.ITEMS
     row_shape: tuple[int, ...] = ()
+    tokenizer: TextTokenizer | None = None  # set by the subclass before `bind`
 
     def bind(self, backend: Any, dtype: str, tp: Collectives, host: dict, forward: Any) -> None:
         """`forward(params, ids, mask, *, xp, erf, scan, tp)`: the model's pure forward."""
@@ -131,9 +151,23 @@ class TextModel:
             )
             yield rows, self.backend.to_host(y)[: len(rows)]
 
+    def encode(self, items: Sequence[Any], max_length: int, vocab_size: int) -> list[np.ndarray]:
+        """encode_items with this model's tokenizer, counting the rows that lost tokens."""
+        return encode_items(self.tokenizer, items, max_length, vocab_size, self.token_counts)
+
+    def text_cut(self) -> TextCut:
+        """How much of a row a reader need keep: the characters the tokenizer is given at
+        first, and one token id more than the maximum length (so a cut list counts as
+        truncated)."""
+        max_length = int(self.describe()["max_length"])
+        chars = cut_chars(self.tokenizer) if self.tokenizer else 64  # no tokenizer: texts refused
+        return TextCut(chars, max_length + 1)
+
     def rank_metrics(self) -> dict[str, float]:
-        """Tokens of text and tokens computed (padding included) on this rank."""
+        """Tokens of text and tokens computed (padding included) on this rank, and the
+        rows that lost tokens (cut, or truncated to the maximum length)."""
         return {
             "tokens_real": self.token_counts.real,
             "tokens_computed": self.token_counts.computed,
+            "rows_truncated": self.token_counts.rows_truncated,
         }

@@ -16,7 +16,7 @@ from hpcinfer.errors import JobError
 from hpcinfer.io.file_checks import human_bytes
 from hpcinfer.io.safetensors_checkpoint import open_weights
 from hpcinfer.models import family_of, read_config
-from hpcinfer.models.shards import table_elements
+from hpcinfer.models.shards import check_shape, table_elements
 
 CANDIDATE_TP = (1, 2, 3, 4, 6, 8, 12, 16)
 HEADROOM = 1.25  # weights x this must fit: activations, buffers, the interpreter
@@ -59,6 +59,8 @@ def inspect_model(
     raw = read_config(folder)
     header = open_weights(folder)  # the header only
     arch = family_of(folder, raw).load_module().architecture(folder, raw, header)
+    for part in arch.shard_table(0, 1).parts():  # what the loader would refuse, refused
+        check_shape(header, part)
     shapes = {name: t.shape for name, t in header.tensors.items()}
     params = sum(int(np.prod(t.shape, dtype=np.int64)) for t in header.tensors.values())
     by_dtype = Counter()
