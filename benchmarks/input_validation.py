@@ -83,8 +83,8 @@ def main() -> None:
     args = parser.parse_args()
     rng = random.Random(0)
     pool = sentences()
-    with tempfile.TemporaryDirectory(prefix="hpcinfer-bench-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="hpcinfer-bench-") as tmp_name:
+        tmp = Path(tmp_name)
         path = tmp / "rows.jsonl"
         with path.open("w") as f:
             for i in range(args.lines):
@@ -99,8 +99,10 @@ def main() -> None:
         lines = [
             f"{args.lines:,} JSONL rows ({mb:,.0f} MB), one core:",
             f"  line index      {t_index:8.2f} s  ({mb / t_index:,.0f} MB/s)",
-            f"  validate()      {t_validate:8.2f} s  ({args.lines / t_validate:,.0f} rows/s, "
-            f"{mb / t_validate:,.0f} MB/s)",
+            (
+                f"  validate()      {t_validate:8.2f} s  ({args.lines / t_validate:,.0f} rows/s, "
+                f"{mb / t_validate:,.0f} MB/s)"
+            ),
             f"  MiniLM compute  {t_compute:8.0f} s  ({rate:,.0f} rows/s, from {args.sample} rows)",
             f"  validate / compute = {t_validate / t_compute:.2%} (each rank validates 1/ranks)",
         ]

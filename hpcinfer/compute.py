@@ -22,7 +22,7 @@ from hpcinfer.errors import BadRow, DiskError, JobError, RunError
 from hpcinfer.io.inputs import Reader
 from hpcinfer.models import InputKind, Model
 from hpcinfer.parallel.runtime import Runtime
-from hpcinfer.plan import Plan
+from hpcinfer.plan import Plan, warn_idle_ranks
 from hpcinfer.schedule import stop
 from hpcinfer.schedule.balance import GroupClaims
 from hpcinfer.schedule.chunks import Chunk
@@ -81,6 +81,8 @@ def compute_pending(
     """Claim and compute chunks until none is left (or a stop signal); collective."""
     grid, run = plan.grid, plan.job.run
     pending = [i for i in range(len(plan.chunks)) if i not in before.done]
+    if rt.rank == 0:
+        warn_idle_ranks(plan, len(pending))
     rss_after_load, load_seconds = peak_rss_mb(), time.perf_counter() - t0
     store = ChunkStore(plan.partial_dir, durable=run.checkpoint)
     writer = None  # only a TP group's leader writes its group's results

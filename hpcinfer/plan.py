@@ -56,16 +56,20 @@ def validated_plan(job: Job, rt: Runtime) -> Plan:
         error = e
     agree(rt, error)
     assert plan is not None  # agree() raised otherwise
-    groups, chunks = plan.grid.dp_size, len(plan.chunks)
-    if rt.rank == 0 and chunks < groups:
+    return plan
+
+
+def warn_idle_ranks(plan: Plan, pending: int) -> None:
+    """Fewer chunks to compute than data-parallel groups: some ranks will only wait."""
+    groups = plan.grid.dp_size
+    if 0 < pending < groups:
         print(
-            f"hpcinfer: warning: {chunks} chunk(s) for {groups} data-parallel groups: "
-            f"{groups - chunks} group(s) ({(groups - chunks) * plan.grid.tp} rank(s)) will "
-            f"idle; lower run.chunk_size (now {job.run.chunk_size}) or launch fewer ranks",
+            f"hpcinfer: warning: {pending} chunk(s) for {groups} data-parallel groups: "
+            f"{groups - pending} group(s) ({(groups - pending) * plan.grid.tp} rank(s)) will "
+            f"idle; lower run.chunk_size (now {plan.job.run.chunk_size}) or launch fewer ranks",
             file=sys.stderr,
             flush=True,
         )
-    return plan
 
 
 def check_output_path(job: Job, reader: Reader) -> None:
@@ -112,6 +116,12 @@ def check_input_fits(job: Job, model: Model, reader: Reader) -> None:
         raise JobError(
             f"{job.source}: the model {job.model.path} reads {wants.value}, but "
             f"input.path {reader.path} holds {what}"
+        )
+    if reader.items and reader.kind in ("text", "hdf5 texts") and not model.reads_texts:
+        raise JobError(
+            f"{reader.path} holds texts, but the model folder {job.model.path} has no "
+            "tokenizer (tokenizer.json, vocab.json + merges.txt, or vocab.txt): give token "
+            "ids instead"
         )
     if wants is InputKind.ROWS and reader.row_shape != model.row_shape:
         raise JobError(

@@ -1,8 +1,8 @@
 """The final HDF5 file: assembled from chunk files, in input order, made visible at once.
 
-It is written under a temporary name inside the run's partial folder, flushed and
-fsync'd, then renamed onto the output path: a reader sees either no file or the whole
-file, never a half-written one.
+It is written (by hpcinfer.checkpoint.output_writer, in its own process) under a
+temporary name inside the run's partial folder, flushed and fsync'd, then renamed onto
+the output path: a reader sees either no file or the whole file, never a half-written one.
 """
 
 from __future__ import annotations
@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -37,17 +39,33 @@ def assemble_output(
     """Copy every chunk's results into datasets of `n_rows` rows, then publish the file.
 
     `run_records` are written under the group `run/` (e.g. run/chunks, the chunk log).
-    Room is checked first; any failure removes the unfinished file and leaves the chunk
-    files as they are, so the same command completes the job once the cause is gone.
-    Returns, per output, how many rows hold a non-finite value.
+    Room is checked first; the file is written by a separate process
+    (hpcinfer.checkpoint.output_writer), so a failing disk cannot crash this one; any
+    failure removes the unfinished file and leaves the chunk files as they are: the same
+    command completes the job once the cause is gone. Returns, per output, how many rows
+    hold a non-finite value.
     """
     needed = sum(n_rows * o.row_bytes for o in outputs.values()) + ASSEMBLY_OVERHEAD
     check_room(store.folder, needed, final_path)
-    tmp = store.folder / f".assembling-{uuid.uuid4().hex}-{final_path.name}"
+    stem = store.folder / f".assembling-{uuid.uuid4().hex}"
+    tmp = stem.with_name(f"{stem.name}-{final_path.name}")
+    records = {}
+    for name, array in (run_records or {}).items():
+        records[name] = str(stem.with_name(f"{stem.name}-{name}.npy"))
+        np.save(records[name], array)
+    request = {
+        "tmp": str(tmp),
+        "folder": str(store.folder),
+        "chunks": [(c.index, c.start, c.stop) for c in chunks],
+        "n_rows": n_rows,
+        "outputs": {k: [list(o.shape), np.dtype(o.dtype).str] for k, o in outputs.items()},
+        "attrs": attrs,
+        "records": records,
+    }
+    request_path = stem.with_name(f"{stem.name}-request.json")
     try:
-        nonfinite = in_child(
-            lambda: _write(tmp, store, chunks, n_rows, outputs, attrs, run_records or {})
-        )
+        request_path.write_text(json.dumps(request))
+        nonfinite = run_writer(request_path)
         os.replace(tmp, final_path)
         fsync_dir(final_path.parent)
     except (OSError, RunError) as e:
@@ -55,50 +73,30 @@ def assemble_output(
         if isinstance(e, RunError):
             raise type(e)(f"{final_path}: cannot write the output file: {e}") from None
         raise io_error(final_path, "write the output file", e) from None
+    finally:
+        request_path.unlink(missing_ok=True)
+        for path in records.values():
+            Path(path).unlink(missing_ok=True)
     return nonfinite
 
 
-def in_child(write: Callable[[], dict[str, int]]) -> dict[str, int]:
-    """Run `write` in a forked child and return its result.
-
-    HDF5 cannot recover from a write that fails half-way (a full disk, a quota): releasing
-    the broken file's objects, or exiting, crashes the process (a segfault, seen with h5py
-    3.16 / HDF5 1.14). The child answers through a pipe and leaves with os._exit before
-    that can happen; should it crash anyway, this process still reports one line, and the
-    chunk files stay. The child never touches MPI.
-    """
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: answer, then leave at once (no cleanup that could crash)
-        os.close(read_end)
-        try:
-            _answer(write_end, {"ok": write()})
-        except BaseException as e:  # noqa: BLE001 (answered while the broken file's objects live)
-            full = any(t in str(e) for t in DISK_FULL_TEXT) or getattr(e, "errno", 0) in (
-                DiskError.ERRNOS
-            )
-            _answer(write_end, {"error": " ".join(str(e).split())[:300], "full": full})
-        os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end) as answer:
-        text = answer.read()
-    _, status = os.waitpid(pid, 0)
-    result = json.loads(text) if text else {}
-    if "ok" in result and os.waitstatus_to_exitcode(status) == 0:
+def run_writer(request_path: Path) -> dict[str, int]:
+    """Run the output writer process; its answer, or one RunError / DiskError line."""
+    p = subprocess.run(
+        [sys.executable, "-m", "hpcinfer.checkpoint.output_writer", str(request_path)],
+        capture_output=True,
+        text=True,
+    )
+    lines = p.stdout.strip().splitlines()
+    result = json.loads(lines[-1]) if lines else {}
+    if "ok" in result and p.returncode == 0:
         return result["ok"]
     if "error" in result:
         kind = DiskError if result["full"] else RunError
         hint = "; free space and rerun the same command" if result["full"] else ""
         raise kind(result["error"] + hint)
-    died = f"the writer process died (exit status {os.waitstatus_to_exitcode(status)})"
-    raise RunError(died)
-
-
-def _answer(fd: int, result: dict) -> None:
-    """Write the child's answer to the pipe and leave (from inside an except block, the
-    failed HDF5 objects are still referenced: releasing them is what crashes)."""
-    os.write(fd, json.dumps(result).encode())
-    os._exit(0)
+    last = (p.stderr.strip().splitlines() or ["no message"])[-1]
+    raise RunError(f"the writer process failed (exit status {p.returncode}): {last[:200]}")
 
 
 def room_left(folder: Path) -> int:
@@ -107,7 +105,6 @@ def room_left(folder: Path) -> int:
 
 
 ASSEMBLY_OVERHEAD = 4 * 2**20  # HDF5 metadata, the run log and attributes, generously
-DISK_FULL_TEXT = ("No space left", "Disk quota", "File too large")
 
 
 def check_room(folder: Path, needed: int, final_path: Path) -> None:
@@ -118,41 +115,6 @@ def check_room(folder: Path, needed: int, final_path: Path) -> None:
             f"needed, {human_bytes(free)} free in {folder}); free space and rerun the same "
             "command (the finished chunks are kept)"
         )
-
-
-def _write(
-    tmp: Path,
-    store: ChunkStore,
-    chunks: Iterable[Chunk],
-    n_rows: int,
-    outputs: dict[str, OutputSpec],
-    attrs: dict[str, Any],
-    run_records: dict[str, np.ndarray],
-) -> dict[str, int]:
-    nonfinite = dict.fromkeys(outputs, 0)
-    # No `with`: after a failed write, closing the file is what crashes HDF5; the child
-    # reports the error and leaves without closing (os._exit).
-    f = h5py.File(tmp, "w")
-    datasets = {
-        name: f.create_dataset(name, shape=(n_rows, *o.shape), dtype=o.dtype)
-        for name, o in outputs.items()
-    }
-    for chunk in chunks:
-        arrays = store.read(chunk.index)
-        for name, ds in datasets.items():
-            values = arrays[name]
-            ds[chunk.start : chunk.stop] = values
-            if np.issubdtype(values.dtype, np.floating):
-                bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
-                nonfinite[name] += int(bad.sum())
-    for name, records in run_records.items():
-        f.create_dataset(f"run/{name}", data=records)
-    for key, value in {**attrs, "rows_nonfinite": nonfinite}.items():
-        f.attrs[key] = value if isinstance(value, str | int | float) else json.dumps(value)
-    f.close()
-    with tmp.open("rb+") as fh:
-        os.fsync(fh.fileno())
-    return nonfinite
 
 
 def match_privacy(path: Path, sources: Iterable[Path]) -> None:

@@ -92,10 +92,10 @@ def encode_texts(tok: TextTokenizer, texts: Sequence[str | TextPrefix]) -> Encod
     truncated = 0
     for batch in _batches(given):
         encodings = tok.tokenizer.encode_batch([tok.prefix + given[i][0] for i in batch])
-        for i, e in zip(batch, encodings, strict=True):
+        for i, first in zip(batch, encodings, strict=True):
             text, was_cut = given[i]
-            short_of_proof = False
-            if was_cut and not _proven(e, len(tok.prefix) + len(text)):
+            e, short_of_proof = first, False
+            if was_cut and not _proven(first, len(tok.prefix) + len(text)):
                 e, short_of_proof = _widen(tok, texts[i], limit)
             ids.append(np.asarray(e.ids, dtype=np.int64))
             truncated += bool(e.overflowing) or short_of_proof

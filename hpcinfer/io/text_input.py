@@ -94,7 +94,7 @@ class TextRows:
         self.n_rows = len(ends)
         self.cut: TextCut | None = None  # None: rows whole (no model to bound them)
         if self.n_rows and kind == "jsonl":
-            self.validate(range(0, 1))  # the first line tells a wrong field early
+            self.validate(range(1))  # the first line tells a wrong field early
 
     def where(self, i: int) -> str:
         """Row i as a user finds it: file and line number."""

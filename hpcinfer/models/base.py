@@ -39,6 +39,8 @@ class Model(Protocol):
     outputs: dict[str, OutputSpec]
     #: bytes of weights this rank holds (its TP shard plus replicated parts)
     weight_bytes: int
+    #: ITEMS models: texts can be given (it has a tokenizer), not only token ids
+    reads_texts: bool
 
     def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """ROWS: a host batch (B, *row_shape) -> {dataset: host array (B, *shape)}."""

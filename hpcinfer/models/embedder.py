@@ -31,6 +31,7 @@ from tokenizers import normalizers
 
 from hpcinfer.errors import JobError
 from hpcinfer.io.safetensors_checkpoint import open_weights
+from hpcinfer.io.text_cut import TextPrefix, prepend
 from hpcinfer.io.text_tokenizer import TextTokenizer
 from hpcinfer.io.tokenizer_files import load_tokenizer
 from hpcinfer.models.base import OutputSpec
@@ -46,7 +47,7 @@ from hpcinfer.models.sentence_transformers import (
     read_head,
 )
 from hpcinfer.models.shards import Part, ShardTable, read_table
-from hpcinfer.models.text import TextModel, check_heads_split, encode_items
+from hpcinfer.models.text import TextModel, check_heads_split
 from hpcinfer.models.transformer import gelu_erf
 from hpcinfer.parallel.tensor import Collectives, Solo, matmul
 
@@ -243,9 +244,11 @@ class SentenceEmbedder(TextModel):
         """Embeddings of texts (or token-id lists, used as given: no prompt is added) in
         input order; batched by length."""
         if self.prompt:
-            items = [self.prompt + t if isinstance(t, str) else t for t in items]
+            items = [
+                prepend(self.prompt, t) if isinstance(t, str | TextPrefix) else t for t in items
+            ]
         c = self.cfg
-        ids = encode_items(self.tokenizer, items, c.max_length, c.encoder.vocab)
+        ids = self.encode(items, c.max_length, c.encoder.vocab)  # counts rows_truncated
         out = np.empty((len(items), c.dimension), np.float32)
         for rows, y in self.run_batches(ids, batch_size):
             out[rows] = y

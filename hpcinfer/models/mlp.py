@@ -209,6 +209,7 @@ class MLP:
     """
 
     input_kind = InputKind.ROWS
+    reads_texts = False
 
     def __init__(
         self,

@@ -129,6 +129,11 @@ class TextModel:
 
     input_kind = InputKind.ITEMS
     row_shape: tuple[int, ...] = ()
+
+    @property
+    def reads_texts(self) -> bool:
+        """Texts can be given, not only token ids: the folder has a tokenizer."""
+        return self.tokenizer is not None
     tokenizer: TextTokenizer | None = None  # set by the subclass before `bind`
 
     def bind(self, backend: Any, dtype: str, tp: Collectives, host: dict, forward: Any) -> None:

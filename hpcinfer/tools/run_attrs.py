@@ -75,6 +75,11 @@ def output_attrs(
         "compute_seconds": compute_seconds,
         "loop_start_unix": epoch,  # run/chunks times are seconds after this
         "rank_metrics": metrics,
+        # rows cut before tokenizing or truncated to the model's length (text models;
+        # each TP group counts its rows once)
+        "rows_truncated": sum(
+            m["rows_truncated"] for m in metrics if m["tp_rank"] == 0 and "rows_truncated" in m
+        ),
         "balance_summary": balance_summary(metrics, max(m["loop_seconds"] for m in metrics)),
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
     }

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from hpcinfer.cli import main
+from hpcinfer.errors import JobError
 from tests.adversarial import Workspace, edit_config, keep_thread_settings, one_error_line
 from tests.mpi.helpers import WORLD, collective
 
@@ -114,7 +115,7 @@ def test_every_rank_checks_only_its_share(ws, monkeypatch):
     try:
         rows.validate(mine)
         failed = False
-    except Exception as e:
+    except JobError as e:
         assert "bad.jsonl:35:" in str(e)
     verdicts = WORLD.allgather(failed)
     assert verdicts == [34 in split_range(rows.n_rows, r, WORLD.size) for r in range(WORLD.size)]
