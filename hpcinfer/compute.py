@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,6 +96,8 @@ def compute_pending(
     )
     rt.comm.Barrier()
     epoch = rt.comm.bcast(time.time(), root=0)  # chunk log times are seconds since this
+    # rows per batch (numeric rows), or padded tokens per batch (texts)
+    batch = run.batch_size if plan.model.input_kind is InputKind.ROWS else settings_tokens(plan)
     t_loop, timers, error = time.perf_counter(), Timers(), None
     stream = iter(claims)
     for done, position in enumerate(stream):
@@ -103,7 +106,10 @@ def compute_pending(
         hooks.before_chunk(rt.rank, done, chunk, plan.n_rows)
         sink = None if writer is None else store.create(chunk.index, chunk.rows, plan.model.outputs)
         try:
-            timers.io += compute_chunk(plan.model, plan.reader, chunk, run.batch_size, sink, hooks)
+            timers.io += compute_chunk(
+                plan.model, plan.reader, chunk, batch, sink, hooks,
+                progress.add if writer is not None else None,
+            )  # fmt: skip
             if writer is not None:
                 t_write = time.perf_counter()
                 finished = ChunkRun(
@@ -112,7 +118,6 @@ def compute_pending(
                 writer.submit(sink, finished)  # raises a failure of an earlier commit
                 timers.io += time.perf_counter() - t_write  # only the wait for a queue slot
                 timers.log.append((chunk.index, finished))
-                progress.add(chunk.rows)
         except (JobError, DiskError) as e:  # bad input (the whole TP group meets it) or a
             error = (e.exit_code, str(e))  # full disk (leaders): every rank stops cleanly
             halt.raise_for_all(rt.rank)
@@ -136,16 +141,22 @@ def compute_pending(
     return RankWork(timers.log, metrics, epoch, error)
 
 
+def settings_tokens(plan: Plan) -> int:
+    return plan.settings.max_batch_tokens
+
+
 def compute_chunk(
     model: Model,
     reader: Reader,
     chunk: Chunk,
-    batch_size: int,
+    batch: int,
     sink: ChunkFile | None,
     hooks: Hooks = NO_HOOKS,
+    on_rows: Callable[[int], None] | None = None,
 ) -> float:
-    """Compute the chunk's rows `batch_size` at a time, each batch's outputs written into
-    `sink` as soon as they exist (None: a TP rank that computes but does not write).
+    """Compute the chunk's rows a batch at a time (`batch` rows, or for texts `batch`
+    padded tokens), each batch's outputs written into `sink` as soon as they exist (None:
+    a TP rank that computes but does not write); `on_rows(n)` after each batch (progress).
     A failure discards the unfinished file. A failed write (a full disk) does not stop
     the batches: the TP group computes them together, and a leader that left early would
     leave its members waiting in a collective; the error is raised after the chunk.
@@ -157,7 +168,7 @@ def compute_chunk(
             with io:
                 items = reader.read(chunk.start, chunk.stop)
             try:
-                result = model.predict_items(items, batch_size)
+                result = model.predict_items(items, batch, on_rows)
             except BadRow as e:
                 raise JobError(f"{reader.where(chunk.start + e.index)}: {e.message}") from None
             if sink is not None:
@@ -165,10 +176,12 @@ def compute_chunk(
                     sink.write_rows(0, result)
                 hooks.chunk_file_started()
             return io.seconds
-        for b0 in range(0, chunk.rows, batch_size):
+        for b0 in range(0, chunk.rows, batch):
             with io:
-                rows = reader.read(chunk.start + b0, chunk.start + min(b0 + batch_size, chunk.rows))
+                rows = reader.read(chunk.start + b0, chunk.start + min(b0 + batch, chunk.rows))
             outputs = model.predict(rows)
+            if on_rows is not None:
+                on_rows(len(rows))
             if sink is not None and failed is None:
                 try:
                     with io:

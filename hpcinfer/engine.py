@@ -73,6 +73,13 @@ def run_job(
     try:
         if state.start is Start.COMPLETE:
             return Outcome(0)
+        if rt.rank == 0:
+            grid = plan.grid
+            print(
+                f"hpcinfer: {rt.size} rank(s) (dp {grid.dp_size} x tp {grid.tp}), "
+                f"{plan.settings.describe()}, {len(plan.chunks):,} chunk(s)",
+                flush=True,
+            )
         work = compute_pending(plan, rt, state.progress, options, hooks, t0)
         everyone = rt.comm.gather(work, root=0)
         outcome = finish(plan, rt, state, everyone, identity, t0, hooks) if rt.rank == 0 else None

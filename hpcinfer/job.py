@@ -28,7 +28,7 @@ from typing import Any
 
 from hpcinfer.errors import JobError
 
-BACKENDS = ("numpy", "jax", "cupy")
+BACKENDS = ("auto", "numpy", "jax", "cupy")
 DTYPES = ("float32", "float64")
 INPUT_FORMATS = ("auto", "hdf5", "jsonl", "text")
 BALANCES = ("steal", "static")
@@ -64,9 +64,16 @@ class OutputSection:
 
 @dataclass(frozen=True)
 class RunSection:
-    backend: str = field(default="numpy", metadata={"kind": str, "choices": BACKENDS})
+    # auto: jax where installed for the models it runs faster (text models), else numpy
+    backend: str = field(default="auto", metadata={"kind": str, "choices": BACKENDS})
+    # Rows per forward pass of a model of numeric rows (an MLP).
     batch_size: int = field(default=256, metadata={"kind": int, "min": 1})
-    chunk_size: int = field(default=2048, metadata={"kind": int, "min": 1})
+    # Padded tokens per forward pass of a text model: bounds a batch's memory whatever
+    # the text lengths; 0 = auto (1024 on a CPU, 16384 on a GPU).
+    max_batch_tokens: int = field(default=0, metadata={"kind": int, "min": 0})
+    # Rows per chunk, the unit of scheduling and of durable progress; auto: from the row
+    # count alone (hpcinfer.settings), so a run resumes on any layout.
+    chunk_size: int | str = field(default="auto", metadata={"kind": "int_or_auto", "min": 1})
     dtype: str = field(default="float32", metadata={"kind": str, "choices": DTYPES})
     # Threads per rank for BLAS/XLA; 0 = this node's cores / ranks on this node.
     threads: int = field(default=0, metadata={"kind": int, "min": 0})
@@ -237,6 +244,10 @@ def _check_value(value: Any, meta: dict, where: str, base: Path) -> Any:
         if not isinstance(value, str) or not value:
             raise JobError(f"{where} must be a path string, got {value!r}")
         return _path(value, where, base)
+    if kind == "int_or_auto":
+        if value == "auto":
+            return value
+        kind = int
     if kind is bool and not isinstance(value, bool):
         raise JobError(f"{where} must be true or false, got {type(value).__name__} {value!r}")
     if kind is int and (isinstance(value, bool) or not isinstance(value, int)):

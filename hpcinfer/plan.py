@@ -17,12 +17,13 @@ from hpcinfer.checkpoint.state import partial_dir_for
 from hpcinfer.errors import JobError
 from hpcinfer.io.inputs import Reader, open_input
 from hpcinfer.job import Job
-from hpcinfer.models import InputKind, Model, load_model
+from hpcinfer.models import InputKind, Model, family_of, load_model, read_config
 from hpcinfer.parallel.comm import collectives_for, resolve_tp_comm
 from hpcinfer.parallel.grid import Grid, check_tp
 from hpcinfer.parallel.partition import split_range
 from hpcinfer.parallel.runtime import Runtime, agree
 from hpcinfer.schedule.chunks import Chunk, make_chunks
+from hpcinfer.settings import Settings, resolve
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Plan:
     job: Job
     grid: Grid
     tp_comm: str  # the collective path actually used (run.tp_comm resolved)
+    settings: Settings  # backend, chunk_size, max_batch_tokens: the job's or auto's
     model: Model
     reader: Reader
     chunks: list[Chunk]
@@ -66,7 +68,7 @@ def warn_idle_ranks(plan: Plan, pending: int) -> None:
         print(
             f"hpcinfer: warning: {pending} chunk(s) for {groups} data-parallel groups: "
             f"{groups - pending} group(s) ({(groups - pending) * plan.grid.tp} rank(s)) will "
-            f"idle; lower run.chunk_size (now {plan.job.run.chunk_size}) or launch fewer ranks",
+            f"idle; lower run.chunk_size (now {plan.settings.chunk_size}) or launch fewer ranks",
             file=sys.stderr,
             flush=True,
         )
@@ -148,9 +150,11 @@ def make_plan(job: Job, grid: Grid, local_rank: int = 0, rank: int = 0, size: in
     reader = open_input(job)
     try:
         check_output_path(job, reader)
-        backend = get_backend(job.run.backend, job.run.dtype, local_rank)
-        tp_comm = resolve_tp_comm(job.run.backend, job.run.tp_comm)
-        tp = collectives_for(grid.tp_group, job.run.backend, tp_comm)
+        family = family_of(job.model.path, read_config(job.model.path))
+        settings = resolve(job, reader.n_rows, reader.items, family.fast_backend == "jax")
+        backend = get_backend(settings.backend, job.run.dtype, local_rank)
+        tp_comm = resolve_tp_comm(settings.backend, job.run.tp_comm)
+        tp = collectives_for(grid.tp_group, settings.backend, tp_comm)
         model = load_model(
             job.model.path,
             backend,
@@ -161,7 +165,7 @@ def make_plan(job: Job, grid: Grid, local_rank: int = 0, rank: int = 0, size: in
         )
         check_input_fits(job, model, reader)
         check_rows(job, model, reader, rank, size)
-        chunks = make_chunks(reader.n_rows, job.run.chunk_size)
+        chunks = make_chunks(reader.n_rows, settings.chunk_size)
         if len(chunks) >= 2**31:
             raise JobError(
                 f"{job.source}: {len(chunks)} chunks is too many (limit 2**31): "
@@ -170,4 +174,5 @@ def make_plan(job: Job, grid: Grid, local_rank: int = 0, rank: int = 0, size: in
     except BaseException:
         reader.close()
         raise
-    return Plan(job, grid, tp_comm, model, reader, chunks, partial_dir_for(job.output.path))
+    partial = partial_dir_for(job.output.path)
+    return Plan(job, grid, tp_comm, settings, model, reader, chunks, partial)

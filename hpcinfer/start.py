@@ -41,7 +41,7 @@ def decide_start(plan: Plan, options: StartOptions) -> tuple[ResumeState, dict, 
     """
     lock = RunLock(plan.job.output.path, plan.job.source).acquire()
     try:
-        identity = job_identity(plan.job, plan.reader)
+        identity = job_identity(plan.job, plan.reader, plan.settings.chunk_size)
         state = _state(plan, identity, options)
     except BaseException:
         lock.release()

@@ -142,7 +142,10 @@ def one_error_line(err: str, out: str) -> str:
     lines = err.splitlines()
     assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
     assert lines[0].startswith("hpcinfer: error: "), lines[0]
-    assert "Traceback" not in err and out == "", (err, out)
+    assert "Traceback" not in err + out, (err, out)
+    # stdout holds at most the run's settings line (a bad row met mid-run comes after it)
+    assert all(line.startswith("hpcinfer: ") for line in out.splitlines()), out
+    assert "error" not in out, out
     return lines[0]
 
 

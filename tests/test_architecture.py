@@ -27,7 +27,7 @@ LAYERS = [
     ("models", ("hpcinfer.models",)),
     ("schedule", ("hpcinfer.schedule",)),
     ("checkpoint", ("hpcinfer.checkpoint",)),
-    ("plan", ("hpcinfer.plan",)),
+    ("plan", ("hpcinfer.settings", "hpcinfer.plan")),
     ("tools", ("hpcinfer.tools",)),
     ("engine", ("hpcinfer.start", "hpcinfer.compute", "hpcinfer.engine")),
     ("cli", ("hpcinfer.cli", "hpcinfer.__main__", "hpcinfer.api")),

@@ -55,7 +55,7 @@ def reference():
 @pytest.mark.parametrize("backend", ["numpy", "jax"])
 def test_embeddings_match_sentence_transformers(texts, reference, backend):
     model = load_model(MODEL, get_backend(backend, "float32"), "float32")
-    got = model.predict_items(texts, batch_size=8)["embeddings"]
+    got = model.predict_items(texts, 512)["embeddings"]
     assert got.shape == (N, 384) and got.dtype == np.float32
     np.testing.assert_allclose(got, reference, atol=2e-6)
 
@@ -64,7 +64,7 @@ def test_padding_never_changes_a_row(texts):
     model = load_model(MODEL, get_backend("numpy", "float32"), "float32")
     alone = model.predict_items([texts[3]], 1)["embeddings"]
     longest = max(texts, key=len)
-    together = model.predict_items([texts[3], longest], 2)["embeddings"][:1]
+    together = model.predict_items([texts[3], longest], 512)["embeddings"][:1]
     np.testing.assert_allclose(together, alone, atol=1e-6)
 
 
@@ -108,7 +108,7 @@ def test_pooling_comes_from_the_sentence_transformers_config(tmp_path, texts, mo
     (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
     model = load_model(folder, get_backend("numpy", "float32"), "float32")
     assert model.describe()["pooling"] == mode
-    got = model.predict_items(texts[:4], 4)["embeddings"]
+    got = model.predict_items(texts[:4], 512)["embeddings"]
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1, rtol=1e-5)
 
 

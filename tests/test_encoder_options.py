@@ -65,7 +65,7 @@ def refused(folder: Path, expected: str, **options) -> str:
 def test_option_matches_sentence_transformers(name, texts, tmp_path):
     folder, expected = extra_folder(name, tmp_path)
     model = load(folder)
-    got = model.predict_items(texts, 8)["embeddings"]
+    got = model.predict_items(texts, 512)["embeddings"]
     assert_matches(got, expected)
     if name == "prompt-excluded":
         assert model.cfg.prompt_skip == 3  # [CLS] query :
@@ -98,11 +98,18 @@ def test_options_under_tp(tmp_path, name, backend):
 
 
 def test_pooling_leaves_out_the_first_tokens():
-    x = np.arange(2 * 5 * 2, dtype=np.float64).reshape(2, 5, 2)
-    mask = np.array([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]])
-    got = pool(x, mask, ("cls", "mean", "lasttoken"), 2, np)
+    from hpcinfer.backends import get_backend
+
+    ops = get_backend("numpy", "float64")
+    x = np.arange(1 * 6 * 2, dtype=np.float64).reshape(1, 6, 2)  # two sequences, one row
+    segments = np.array([[0, 0, 0, 0, 1, 1]], np.int32)  # lengths 4 and 2, packed
+    first, lengths = np.array([0, 4], np.int32), np.array([4, 2], np.int32)
+    got = pool(
+        x, segments, first, lengths, ("cls", "mean", "lasttoken"), 2,
+        xp=np, segment_sum=ops.segment_sum, segment_max=ops.segment_max,
+    )  # fmt: skip
     np.testing.assert_array_equal(got[0], [*x[0, 2], *x[0, 2:4].mean(0), *x[0, 3]])
-    np.testing.assert_array_equal(got[1], [*x[1, 0], 0, 0, 0, 0])  # nothing left: ST's zeros
+    np.testing.assert_array_equal(got[1], [*x[0, 4], 0, 0, 0, 0])  # nothing left: ST's zeros
 
 
 # --- what each version writes --------------------------------------------------------------
@@ -127,7 +134,7 @@ def test_a_plain_hugging_face_folder_mean_pools(tmp_path, texts):
     model = load(folder)
     assert model.cfg.max_length == 48 and model.prompt == ""
     assert_matches(
-        model.predict_items(texts, 8)["embeddings"], reference("st-prompts-none")["embeddings"]
+        model.predict_items(texts, 512)["embeddings"], reference("st-prompts-none")["embeddings"]
     )
 
 
@@ -171,7 +178,7 @@ def test_weight_names_with_the_model_prefix(tmp_path, texts, name, prefix):
     save_file({prefix + k: v for k, v in tensors.items()}, str(folder / "model.safetensors"))
     model = load(folder)
     assert model.cfg.encoder.prefix == prefix
-    assert_matches(model.predict_items(texts, 8)["embeddings"], reference(name)["embeddings"])
+    assert_matches(model.predict_items(texts, 512)["embeddings"], reference(name)["embeddings"])
 
 
 @pytest.mark.parametrize(
@@ -336,7 +343,7 @@ def test_dense_weights(tmp_path):
 def test_normalize_needs_no_folder(tmp_path, texts):
     folder = copy("st-dense-normalize", tmp_path)
     shutil.rmtree(folder / "3_Normalize")
-    got = load(folder).predict_items(texts[:4], 4)["embeddings"]
+    got = load(folder).predict_items(texts[:4], 512)["embeddings"]
     assert_matches(got, reference("st-dense-normalize")["embeddings"][:4])
 
 

@@ -96,7 +96,7 @@ def assert_matches(got: np.ndarray, expected: np.ndarray, atol: float = ATOL) ->
 
 def embed(folder: Path, texts: list, backend: str = "numpy", **options) -> tuple:
     model = load_model(folder, get_backend(backend, "float32"), "float32", **options)
-    return model, model.predict_items(texts, batch_size=8)["embeddings"]
+    return model, model.predict_items(texts, 512)["embeddings"]
 
 
 # --- in-process, every group -------------------------------------------------------------
@@ -171,7 +171,7 @@ def test_padding_never_changes_a_row(texts):
     """RoBERTa's position ids come from the mask, so padding after a text changes nothing."""
     model = load_model(FIXTURES / "tiny-roberta", get_backend("numpy", "float32"), "float32")
     alone = model.predict_items([texts[3]], 1)["embeddings"]
-    together = model.predict_items([texts[3], max(texts, key=len)], 2)["embeddings"][:1]
+    together = model.predict_items([texts[3], max(texts, key=len)], 512)["embeddings"][:1]
     np.testing.assert_allclose(together, alone, atol=1e-6)
 
 

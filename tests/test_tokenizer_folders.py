@@ -81,14 +81,14 @@ def test_vocab_and_merges_score_like_tokenizer_json(bpe_folder, gpt2_reference):
     theirs = load(GPT2).tokenizer.encode_batch(texts)
     for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
         np.testing.assert_array_equal(a, b, err_msg=f"text {i}")
-    assert_scores(model.predict_items(texts, 16), gpt2_reference)
+    assert_scores(model.predict_items(texts, 512), gpt2_reference)
 
 
 def test_token_ids_need_no_tokenizer(bare_folder, gpt2_reference):
     model = load(bare_folder)
     assert model.tokenizer is None
     ids = [t.tolist() for t in load(GPT2).tokenizer.encode_batch(gpt2_reference["text"])]
-    assert_scores(model.predict_items(ids, 16), gpt2_reference)
+    assert_scores(model.predict_items(ids, 512), gpt2_reference)
 
 
 def test_encoder_token_ids_need_no_tokenizer(tmp_path):
@@ -98,7 +98,7 @@ def test_encoder_token_ids_need_no_tokenizer(tmp_path):
     model = load(folder)
     assert model.tokenizer is None
     ref = reference("tiny-roberta")
-    got = model.predict_items([t.tolist() for t in ref["token_ids"]], 8)["embeddings"]
+    got = model.predict_items([t.tolist() for t in ref["token_ids"]], 512)["embeddings"]
     assert_matches(got, ref["embeddings"])
 
 

@@ -94,9 +94,11 @@ def input_identity(reader: Any) -> dict[str, Any]:
     return facts
 
 
-def job_identity(job: Job, reader: Any) -> dict[str, Any]:
-    """What decides the output of `job` over the input `reader` opened."""
+def job_identity(job: Job, reader: Any, chunk_size: int) -> dict[str, Any]:
+    """What decides the output of `job` over the input `reader` opened, cut into chunks
+    of `chunk_size` rows (the job's setting, or what "auto" made of it)."""
     settings = {f"{s}.{k}": str(getattr(getattr(job, s), k)) for s, k in OUTPUT_SETTINGS}
+    settings["run.chunk_size"] = str(chunk_size)
     return {**model_identity(job.model.path), **input_identity(reader), **settings}
 
 

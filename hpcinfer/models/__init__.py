@@ -32,19 +32,22 @@ class Family:
     tasks: tuple[str, ...]  # what it can compute; the first is the default
     module: str  # imported only when a model of this family is loaded or inspected
     options: tuple[str, ...] = ()  # [model] job keys its load() takes (see MODEL_OPTIONS)
+    fast_backend: str = "numpy"  # run.backend = "auto" takes it (measured per family)
 
     def load_module(self) -> ModuleType:
         return importlib.import_module(self.module)
 
 
 EMBEDDER = "hpcinfer.models.embedder"
+# MLP: numpy and JAX run at the GEMM rate alike (README, tensor parallelism), numpy is
+# the reference; text models: JAX ~4x numpy (fused attention and elementwise work).
 FAMILIES = {
     "mlp": Family(("predict",), "hpcinfer.models.mlp"),
-    "bert": Family(("embed",), EMBEDDER, ("prompt_name",)),
-    "roberta": Family(("embed",), EMBEDDER, ("prompt_name",)),
-    "xlm-roberta": Family(("embed",), EMBEDDER, ("prompt_name",)),
-    "distilbert": Family(("embed",), EMBEDDER, ("prompt_name",)),
-    "gpt2": Family(("score",), "hpcinfer.models.gpt2"),
+    "bert": Family(("embed",), EMBEDDER, ("prompt_name",), "jax"),
+    "roberta": Family(("embed",), EMBEDDER, ("prompt_name",), "jax"),
+    "xlm-roberta": Family(("embed",), EMBEDDER, ("prompt_name",), "jax"),
+    "distilbert": Family(("embed",), EMBEDDER, ("prompt_name",), "jax"),
+    "gpt2": Family(("score",), "hpcinfer.models.gpt2", (), "jax"),
 }
 # [model] job keys a family may take, with the value that means "not set".
 MODEL_OPTIONS = {"prompt_name": "auto"}

@@ -1,9 +1,9 @@
 """Sentence embedders: an encoder (models/encoders.py) and the sentence-transformers head
 that its folder describes (models/sentence_transformers.py), e.g. all-MiniLM-L6-v2.
 
-    texts --(prompt, tokenizer, cut to max length)--> ids (B, L)
-          --encoder_forward--> token states (B, L, H)          tensor-parallel
-          --pool--> (B, H * modes) --Dense..., Normalize--> (B, D)   replicated, tiny
+    texts --(prompt, tokenizer, cut to max length)--> ids, packed several to a row (R, L)
+          --encoder_forward--> token states (R, L, H)          tensor-parallel
+          --pool--> (S, H * modes) --Dense..., Normalize--> (S, D)   replicated, tiny
 
 Pooling, in sentence-transformers' own arithmetic (m = the attention mask, positions
 left out when the prompt is excluded from pooling):
@@ -21,6 +21,7 @@ Output: dataset "embeddings" (N, D) float32.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -35,7 +36,7 @@ from hpcinfer.io.text_cut import TextPrefix, prepend
 from hpcinfer.io.text_tokenizer import TextTokenizer
 from hpcinfer.io.tokenizer_files import load_tokenizer
 from hpcinfer.models.base import OutputSpec
-from hpcinfer.models.encoders import EncoderConfig, encoder_forward
+from hpcinfer.models.encoders import EncoderConfig, encoder_forward, position_ids
 from hpcinfer.models.sentence_transformers import (
     DEFAULT_PROMPT,
     Dense,
@@ -120,30 +121,45 @@ def read_dense(folder: Path, dense: Dense, dtype: str) -> dict[str, Any]:
 # ---- the head's math -----------------------------------------------------------------
 
 
-def pool(x: Any, mask: Any, modes: tuple[str, ...], skip: int, xp: Any) -> Any:
-    """Token states x (B, L, H), mask (B, L) -> (B, H * len(modes)), modes concatenated."""
-    batch, seq = x.shape[:2]
-    m = mask[..., None].astype(x.dtype)  # (B, L, 1)
-    if skip:  # the prompt's tokens are left out of pooling (sentence-transformers: mask = 0)
-        m = m * (xp.arange(seq) >= skip)[None, :, None].astype(x.dtype)
-    rows = xp.arange(batch)
+def pool(
+    x: Any,
+    segments: Any,
+    first: Any,
+    lengths: Any,
+    modes: tuple[str, ...],
+    skip: int,
+    *,
+    xp: Any,
+    segment_sum: Any,
+    segment_max: Any,
+) -> Any:
+    """Packed token states x (R, L, H) -> one row per sequence (S, H * len(modes)), modes
+    concatenated; a sequence's tokens are those of its segment (see PackedBatch)."""
+    rows, seq, hidden = x.shape
+    slots = first.shape[0]
+    xf, sid = x.reshape(rows * seq, hidden), segments.reshape(-1)
+    pos = xp.arange(rows * seq) - first[xp.minimum(sid, slots - 1)]  # within its sequence
+    m = (pos >= skip).astype(x.dtype)[:, None]  # the prompt's tokens left out (skip > 0)
+    count = xp.maximum(segment_sum(m, sid, slots), 1e-9)  # (S, 1)
     out = []
     for mode in modes:
-        if mode == "cls":
-            out.append(x[rows, xp.argmax(m[..., 0], axis=1)] if skip else x[:, 0])
-        elif mode == "max":
-            out.append((x + (m - 1.0) * 1e9).max(axis=1))
+        if mode == "cls":  # the first pooled token; token 0 of a sequence with none
+            out.append(xf[first + xp.where(lengths > skip, skip, 0)])
+        elif mode == "max":  # an unused slot stays 0, not -inf
+            top = segment_max(xf + (m - 1.0) * 1e9, sid, slots)
+            out.append(xp.where((lengths > 0)[:, None], top, 0.0))
         elif mode == "mean":
-            out.append((x * m).sum(axis=1) / xp.maximum(m.sum(axis=1), 1e-9))
+            out.append(segment_sum(xf * m, sid, slots) / count)
         elif mode == "mean_sqrt_len_tokens":
-            out.append((x * m).sum(axis=1) / xp.sqrt(xp.maximum(m.sum(axis=1), 1e-9)))
-        elif mode == "weightedmean":
-            w = m * xp.arange(1, seq + 1, dtype=x.dtype)[None, :, None]  # (B, L, 1)
-            out.append((x * w).sum(axis=1) / xp.maximum(w.sum(axis=1), 1e-9))
-        else:  # lasttoken: the last pooled position; L - 1 (zeros) in a row with none
-            last = (m[..., 0] * xp.arange(1, seq + 1, dtype=x.dtype)).max(axis=1) - 1
-            last = xp.where(last < 0, seq - 1, last).astype(np.int32)
-            out.append((x * m)[rows, last])
+            out.append(segment_sum(xf * m, sid, slots) / xp.sqrt(count))
+        elif mode == "weightedmean":  # 1-based positions, [CLS] included
+            w = m * (pos + 1).astype(x.dtype)[:, None]
+            out.append(
+                segment_sum(xf * w, sid, slots) / xp.maximum(segment_sum(w, sid, slots), 1e-9)
+            )
+        else:  # lasttoken: the last pooled token; zeros for a sequence with none
+            ok = (lengths > skip).astype(x.dtype)[:, None]
+            out.append(xf[first + xp.maximum(lengths - 1, 0)] * ok)
     return out[0] if len(out) == 1 else xp.concatenate(out, axis=-1)
 
 
@@ -159,10 +175,30 @@ def dense_activation(x: Any, name: str, xp: Any, erf: Any) -> Any:
     return x  # identity
 
 
-def embedder_forward(params, ids, mask, *, xp, erf, scan, tp: Collectives, cfg: Embedder):
-    """ids, mask (B, L) -> sentence embeddings (B, D), the same on every TP rank."""
-    x = encoder_forward(params, ids, mask, xp=xp, erf=erf, scan=scan, tp=tp, cfg=cfg.encoder)
-    y = pool(x, mask, cfg.head.pooling.modes, cfg.prompt_skip, xp)
+def embedder_forward(
+    params,
+    ids,
+    segments,
+    positions,
+    first,
+    lengths,
+    *,
+    xp,
+    erf,
+    scan,
+    tp: Collectives,
+    segment_sum,
+    segment_max,
+    cfg: Embedder,
+):
+    """A PackedBatch's arrays -> sentence embeddings (S, D), the same on every TP rank."""
+    x = encoder_forward(
+        params, ids, segments, positions, xp=xp, erf=erf, scan=scan, tp=tp, cfg=cfg.encoder
+    )
+    y = pool(
+        x, segments, first, lengths, cfg.head.pooling.modes, cfg.prompt_skip,
+        xp=xp, segment_sum=segment_sum, segment_max=segment_max,
+    )  # fmt: skip
     for step in cfg.head.steps:
         if isinstance(step, Normalize):
             y = y / xp.maximum(xp.sqrt((y**2).sum(axis=-1, keepdims=True)), 1e-12)
@@ -238,11 +274,13 @@ class SentenceEmbedder(TextModel):
         if cfg.head.dense:
             host["dense"] = {d.path: read_dense(folder, d, dtype) for d in cfg.head.dense}
         self.outputs = {"embeddings": OutputSpec((cfg.dimension,), np.dtype("float32"))}
-        self.bind(backend, dtype, tp, host, partial(embedder_forward, cfg=cfg))
+        self.bind(backend, dtype, tp, host, partial(embedder_forward, cfg=cfg), packed=True)
 
-    def predict_items(self, items: list, batch_size: int) -> dict[str, np.ndarray]:
+    def predict_items(
+        self, items: list, max_tokens: int, on_rows: Callable[[int], None] | None = None
+    ) -> dict[str, np.ndarray]:
         """Embeddings of texts (or token-id lists, used as given: no prompt is added) in
-        input order; batched by length."""
+        input order; packed several to a row, `max_tokens` a batch."""
         if self.prompt:
             items = [
                 prepend(self.prompt, t) if isinstance(t, str | TextPrefix) else t for t in items
@@ -250,14 +288,19 @@ class SentenceEmbedder(TextModel):
         c = self.cfg
         ids = self.encode(items, c.max_length, c.encoder.vocab)  # counts rows_truncated
         out = np.empty((len(items), c.dimension), np.float32)
-        for rows, y in self.run_batches(ids, batch_size):
+        for rows, y in self.run_packed(ids, max_tokens, position_ids(c.encoder)):
             out[rows] = y
+            if on_rows is not None:
+                on_rows(len(rows))
         return {"embeddings": out}
 
-    def activation_bytes(self, batch_size: int) -> int:
-        seq, e = self.cfg.max_length, self.cfg.encoder
+    def activation_bytes(self, max_tokens: int) -> int:
+        """A batch's largest temporaries: a few (tokens, hidden) arrays, the feed-forward's
+        (tokens, intermediate / tp), and the attention scores (rows, heads, L, L)."""
+        seq, e = min(self.cfg.max_length, max_tokens), self.cfg.encoder
         heads = e.heads // self.tp_size
-        return batch_size * seq * (4 * e.hidden + heads * seq) * self.dtype.itemsize
+        per_token = 6 * e.hidden + 2 * e.intermediate // self.tp_size + heads * seq
+        return max_tokens * per_token * self.dtype.itemsize
 
     def describe(self) -> dict[str, Any]:
         c, e = self.cfg, self.cfg.encoder

@@ -238,40 +238,57 @@ def activate(x: Any, name: str, xp: Any, erf: Any) -> Any:
     return gelu_tanh(x, xp)  # gelu_new, gelu_pytorch_tanh
 
 
-def embed(e: dict, ids: Any, mask: Any, cfg: EncoderConfig, xp: Any) -> Any:
-    """Token, position (and token type 0) embeddings, layer-normed: (B, L, H)."""
-    seq = ids.shape[1]
+def position_ids(cfg: EncoderConfig) -> Any:
+    """A sequence's position ids, for the batcher: 0, 1, 2, ... (BERT, DistilBERT); RoBERTa
+    counts real tokens from pad_id + 1, and a padding token in the text sits at pad_id."""
     if cfg.pad_id is None:
-        positions = e["embeddings.position_embeddings.weight"][:seq]  # (L, H)
-    else:  # RoBERTa: real tokens count from pad_id + 1, padding (and the pad token) sit at pad_id
-        real = ((mask != 0) & (ids != cfg.pad_id)).astype(ids.dtype)  # (B, L)
-        index = xp.cumsum(real, axis=1) * real + cfg.pad_id
-        positions = e["embeddings.position_embeddings.weight"][index]  # (B, L, H)
-    x = e["embeddings.word_embeddings.weight"][ids] + positions
+        return None
+    pad = cfg.pad_id
+
+    def roberta(ids: np.ndarray) -> np.ndarray:
+        real = (ids != pad).astype(np.int64)
+        return np.cumsum(real) * real + pad
+
+    return roberta
+
+
+def embed(e: dict, ids: Any, positions: Any, cfg: EncoderConfig, xp: Any) -> Any:
+    """Token, position (and token type 0) embeddings, layer-normed: (R, L, H)."""
+    x = (
+        e["embeddings.word_embeddings.weight"][ids]
+        + e["embeddings.position_embeddings.weight"][positions]
+    )
     if cfg.names.token_types:
         x = x + e["embeddings.token_type_embeddings.weight"][0]
     norm = e["embeddings.LayerNorm.weight"], e["embeddings.LayerNorm.bias"]
     return layer_norm(x, *norm, cfg.eps, xp)
 
 
-def encoder_forward(params, ids, mask, *, xp, erf, scan, tp: Collectives, cfg: EncoderConfig):
-    """ids, mask (B, L) -> the last layer's token states (B, L, H), the same on every TP
-    rank. params["layers"] holds every layer's tensors stacked on a leading axis; `scan`
-    runs the layer body over it (lax.scan under JAX: one layer compiled, not six)."""
+def encoder_forward(
+    params, ids, segments, positions, *, xp, erf, scan, tp: Collectives, cfg: EncoderConfig
+):
+    """Packed rows -> the last layer's token states (R, L, H), the same on every TP rank.
+
+    ids, segments, positions (R, L): several sequences share a row, each token attending
+    only to its own sequence's tokens (the same segment). params["layers"] holds every
+    layer's tensors stacked on a leading axis; `scan` runs the layer body over it
+    (lax.scan under JAX: one layer compiled, not six).
+    """
     n = cfg.names
-    x = embed(params, ids, mask, cfg, xp)
+    x = embed(params, ids, positions, cfg, xp)
     d = cfg.hidden // cfg.heads
-    bias = (1.0 - mask[:, None, None, :].astype(x.dtype)) * -1e9  # (B, 1, 1, L)
+    same = segments[:, :, None] == segments[:, None, :]  # (R, L, L)
+    bias = ((1.0 - same.astype(x.dtype)) * -1e9)[:, None]  # (R, 1, L, L)
 
     def layer(x, p):
         q = split_heads(column_linear(x, *linear(p, n.query), tp), d, xp)
         k = split_heads(column_linear(x, *linear(p, n.key), tp), d, xp)
         v = split_heads(column_linear(x, *linear(p, n.value), tp), d, xp)
-        ctx = attention(q, k, v, bias, 1.0 / np.sqrt(d), xp)  # (B, L, h*d)
+        ctx = attention(q, k, v, bias, 1.0 / np.sqrt(d), xp)  # (R, L, h*d)
         x = x + row_linear(ctx, *linear(p, n.attn_out), tp)
         x = layer_norm(x, *linear(p, n.attn_norm), cfg.eps, xp)
         h = activate(column_linear(x, *linear(p, n.ffn_in), tp), cfg.activation, xp, erf)
-        x = x + row_linear(h, *linear(p, n.ffn_out), tp)  # h: (B, L, I/tp)
+        x = x + row_linear(h, *linear(p, n.ffn_out), tp)  # h: (R, L, I/tp)
         return layer_norm(x, *linear(p, n.ffn_norm), cfg.eps, xp)
 
     return scan(layer, x, params["layers"])

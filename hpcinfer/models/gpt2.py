@@ -24,6 +24,7 @@ the (B, L, V) logits never cross ranks, and the head's weights and compute are 1
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -318,20 +319,26 @@ class Gpt2Scorer(TextModel):
         self.bind(backend, dtype, tp, host, forward)  # weight_bytes: what the file holds
         self.params["layers"]["attn.scale"] = backend.asarray(self.cfg.attention_scales(dtype))
 
-    def predict_items(self, items: list, batch_size: int) -> dict[str, np.ndarray]:
+    def predict_items(
+        self, items: list, max_tokens: int, on_rows: Callable[[int], None] | None = None
+    ) -> dict[str, np.ndarray]:
         """Scores in input order; texts batched by length so padding stays small."""
         ids = self.encode(items, self.cfg.positions, self.cfg.vocab)
         logprob = np.zeros(len(items), np.float64)
-        for rows, token_logp in self.run_batches(ids, batch_size):
+        for rows, token_logp in self.run_batches(ids, max_tokens):
             logprob[rows] = token_logp.astype(np.float64).sum(axis=1)  # summed in float64
+            if on_rows is not None:
+                on_rows(len(rows))
         num_tokens = np.array([len(t) for t in ids], np.int64)
         return {"logprob": logprob, "num_tokens": num_tokens}
 
-    def activation_bytes(self, batch_size: int) -> int:
-        c, seq = self.cfg, self.cfg.positions
-        per_row = seq * (4 * c.hidden + c.inner // self.tp_size + c.heads // self.tp_size * seq)
-        logits = min(LOGITS_BYTES, batch_size * seq * c.vocab // self.tp_size * self.dtype.itemsize)
-        return batch_size * per_row * self.dtype.itemsize + logits
+    def activation_bytes(self, max_tokens: int) -> int:
+        """A batch's largest temporaries: (tokens, hidden) arrays, the MLP's (tokens,
+        inner / tp), the attention scores, and the head's logits (capped)."""
+        c, seq = self.cfg, min(self.cfg.positions, max_tokens)
+        per_token = 4 * c.hidden + c.inner // self.tp_size + c.heads // self.tp_size * seq
+        logits = min(LOGITS_BYTES, max_tokens * c.vocab // self.tp_size * self.dtype.itemsize)
+        return max_tokens * per_token * self.dtype.itemsize + logits
 
     def describe(self) -> dict[str, Any]:
         c = self.cfg

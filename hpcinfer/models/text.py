@@ -2,8 +2,8 @@
 forward.
 
 Texts of mixed lengths padded to the longest waste most of the FLOPs, so a chunk's texts
-are sorted by length, cut into batches padded to one of a few lengths (few shapes for
-XLA to compile), and the results put back in input order.
+are batched by length under a token budget, or packed several to a row
+(models/batching.py), and the results put back in input order.
 
 A text is cut before it is tokenized (io.text_cut: a huge row costs a few MB) and readers
 cut rows to the model's `text_cut()`; rows that lost tokens are counted (`rows_truncated`).
@@ -11,8 +11,7 @@ cut rows to the model's `text_cut()`; rows that lost tokens are counted (`rows_t
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,19 +23,9 @@ from hpcinfer.errors import BadRow, JobError
 from hpcinfer.io.text_cut import TextCut, TextPrefix, cut_chars, encode_texts
 from hpcinfer.io.text_tokenizer import TextTokenizer
 from hpcinfer.models.base import InputKind
+from hpcinfer.models.batching import TokenCounts, length_batches, packed_batches
 from hpcinfer.models.params import tree_map, tree_nbytes
 from hpcinfer.parallel.tensor import Collectives
-
-
-def padded_length(n: int) -> int:
-    """The padded sequence length for a batch whose longest text has n tokens: the next of
-    16, 24, 32, 48, 64, 96, 128, ... (at most ~1.5x padding; few shapes for XLA to compile)."""
-    size = 16
-    while True:
-        for candidate in (size, size * 3 // 2):
-            if n <= candidate:
-                return candidate
-        size *= 2
 
 
 def encode_items(
@@ -82,38 +71,6 @@ def encode_items(
     return ids  # type: ignore[return-value]
 
 
-@dataclass
-class TokenCounts:
-    """Tokens of real text, and tokens computed (padding included): their ratio is the
-    padding efficiency, reported per rank in the output's rank_metrics. And rows that lost
-    tokens: cut before tokenizing, or truncated to the maximum length."""
-
-    real: int = 0
-    computed: int = 0
-    rows_truncated: int = 0
-
-
-def length_batches(
-    ids: list[np.ndarray], batch_size: int, full_height: bool, counts: TokenCounts
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(rows, token ids (B, L), mask (B, L)) per batch, rows sorted by length so padding
-    stays small, L from `padded_length`. With `full_height` every batch has `batch_size`
-    rows (the extra ones empty, all masked): compiled backends then see fewer shapes."""
-    order = np.argsort([len(t) for t in ids], kind="stable")
-    for b0 in range(0, len(order), batch_size):
-        rows = order[b0 : b0 + batch_size]
-        seq = padded_length(max(len(ids[i]) for i in rows))
-        height = batch_size if full_height else len(rows)
-        batch = np.zeros((height, seq), np.int64)
-        mask = np.zeros((height, seq), np.int64)
-        for j, i in enumerate(rows):
-            batch[j, : len(ids[i])] = ids[i]
-            mask[j, : len(ids[i])] = 1
-        counts.real += sum(len(ids[i]) for i in rows)
-        counts.computed += batch.size
-        yield rows, batch, mask
-
-
 def check_heads_split(heads: int, tp: int, where: Path) -> None:
     if heads % tp:
         raise JobError(f"{where}: run.tp = {tp} does not divide the {heads} attention heads")
@@ -134,27 +91,54 @@ class TextModel:
     def reads_texts(self) -> bool:
         """Texts can be given, not only token ids: the folder has a tokenizer."""
         return self.tokenizer is not None
+
     tokenizer: TextTokenizer | None = None  # set by the subclass before `bind`
 
-    def bind(self, backend: Any, dtype: str, tp: Collectives, host: dict, forward: Any) -> None:
-        """`forward(params, ids, mask, *, xp, erf, scan, tp)`: the model's pure forward."""
+    def bind(
+        self,
+        backend: Any,
+        dtype: str,
+        tp: Collectives,
+        host: dict,
+        forward: Any,
+        packed: bool = False,
+    ) -> None:
+        """`forward(params, *arrays, xp, erf, scan, tp)`: the model's pure forward, over
+        (ids, mask) batches, or with `packed` over PackedBatch arrays (then also given the
+        backend's segment_sum and segment_max)."""
         self.backend, self.dtype, self.tp_size = backend, np.dtype(dtype), tp.size
         self.weight_bytes = tree_nbytes(host)  # this rank's share
         self.params = tree_map(backend.asarray, host)
         self.compiled = tp.traceable and backend.name == "jax"
         self.token_counts = TokenCounts()
-        bound = partial(forward, xp=backend.xp, erf=backend.erf, scan=backend.scan_layers, tp=tp)
-        self._forward = compile_forward(backend, tp, bound)
+        ops = {"xp": backend.xp, "erf": backend.erf, "scan": backend.scan_layers, "tp": tp}
+        if packed:
+            ops |= {"segment_sum": backend.segment_sum, "segment_max": backend.segment_max}
+        self._forward = compile_forward(backend, tp, partial(forward, **ops))
 
     def run_batches(
-        self, ids: list[np.ndarray], batch_size: int
+        self, ids: list[np.ndarray], max_tokens: int
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(rows, host result of those rows) per batch, rows batched by length."""
-        for rows, batch, mask in length_batches(ids, batch_size, self.compiled, self.token_counts):
+        for rows, batch, mask in length_batches(ids, max_tokens, self.compiled, self.token_counts):
             y = self._forward(
                 self.params, self.backend.asarray_int(batch), self.backend.asarray_int(mask)
             )
             yield rows, self.backend.to_host(y)[: len(rows)]
+
+    def run_packed(
+        self,
+        ids: list[np.ndarray],
+        max_tokens: int,
+        position_ids: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(rows, host result of those rows) per batch, sequences packed several a row."""
+        as_int = self.backend.asarray_int
+        batches = packed_batches(ids, max_tokens, self.compiled, self.token_counts, position_ids)
+        for b in batches:
+            arrays = (b.ids, b.segments, b.positions, b.first, b.lengths)
+            y = self._forward(self.params, *(as_int(a) for a in arrays))
+            yield b.rows, self.backend.to_host(y)[: len(b.rows)]
 
     def encode(self, items: Sequence[Any], max_length: int, vocab_size: int) -> list[np.ndarray]:
         """encode_items with this model's tokenizer, counting the rows that lost tokens."""

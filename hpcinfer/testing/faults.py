@@ -81,7 +81,6 @@ class FaultHooks(Hooks):
                 fail(fault.get("kind", "raise"), fault, f"at write #{self.files_started}")
         self.files_started += 1
 
-
     def before_assembly(self) -> None:
         for fault in self._mine("assemble"):
             if fault.get("kind") == "fsize":  # writes past it fail with EFBIG

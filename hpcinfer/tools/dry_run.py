@@ -55,21 +55,20 @@ def where(plan: Plan) -> str:
 
 def print_dry_run(plan: Plan, rt: Runtime) -> None:
     """The plan of a validated job, printed by rank 0; reads the partial run, writes nothing."""
-    grid, job, model = plan.grid, plan.job, plan.model
+    grid, job, model, settings = plan.grid, plan.job, plan.model, plan.settings
     weights = rt.comm.gather(model.weight_bytes, root=0)
     if rt.rank != 0:
         return
     blocks = [len(split_range(len(plan.chunks), g, grid.dp_size)) for g in range(grid.dp_size)]
     out_bytes = sum(o.row_bytes for o in model.outputs.values())
     row_bytes = 0  # texts: token ids, small next to the activations
-    results_rows = job.run.chunk_size  # texts: a chunk's outputs are written at its end
+    results_rows = settings.chunk_size  # texts: a chunk's outputs are written at its end
+    batch = settings.max_batch_tokens  # texts: a batch is this many (padded) tokens
     if model.input_kind is InputKind.ROWS:
-        results_rows = job.run.batch_size  # rows: each batch's outputs are written at once
+        batch = results_rows = job.run.batch_size  # rows: each batch's written at once
         row_bytes = np.prod(plan.reader.row_shape, dtype=np.int64) * plan.reader.dtype.itemsize
-    batch = job.run.batch_size
-    state = resume_state(
-        job.output.path, job_identity(job, plan.reader), len(plan.chunks), verify_files=False
-    )
+    identity = job_identity(job, plan.reader, settings.chunk_size)
+    state = resume_state(job.output.path, identity, len(plan.chunks), verify_files=False)
     print(
         f"hpcinfer: dry run: {job.source} is valid; nothing computed\n"
         f"  model   {job.model.path} ({model.describe().get('model_type')}), weights "
@@ -81,9 +80,9 @@ def print_dry_run(plan: Plan, rt: Runtime) -> None:
             for n, o in model.outputs.items()
         )
         + f"\n  layout  {rt.size} rank(s) = {grid.dp_size} DP group(s) x tp {grid.tp}, "
-        f"{rt.threads} thread(s) per rank, backend {job.run.backend} ({plan.tp_comm}), "
+        f"{rt.threads} thread(s) per rank, {settings.describe()}, tp_comm {plan.tp_comm}, "
         f"balance {job.run.balance}\n"
-        f"  chunks  {len(plan.chunks):,} of {job.run.chunk_size:,} rows; first blocks per DP "
+        f"  chunks  {len(plan.chunks):,} of {settings.chunk_size:,} rows; first blocks per DP "
         f"group: {blocks if len(blocks) <= 16 else f'{min(blocks)} to {max(blocks)}'} chunks\n"
         f"  memory  per rank ~ weights {human_bytes(max(weights))} + activations "
         f"{human_bytes(model.activation_bytes(batch))} + input batch "

@@ -74,8 +74,10 @@ def inspect_model(
         f"  parameters   {params:,} in {len(header.tensors)} tensors{dense}; stored "
         + ", ".join(f"{d} {human_bytes(b)}" for d, b in sorted(by_dtype.items()))
         + f"; in memory as {dtype}: {human_bytes(params * itemsize)}",
-        (f"  {'tp':>4} {'weights/rank':>14} {'all-reduces':>12} {'all-gathers':>12} "
-        f"{'values/' + arch.unit:>12}   (per forward pass)"),
+        (
+            f"  {'tp':>4} {'weights/rank':>14} {'all-reduces':>12} {'all-gathers':>12} "
+            f"{'values/' + arch.unit:>12}   (per forward pass)"
+        ),
     ]
     for t in [tp] if tp else CANDIDATE_TP:
         if reason := arch.misfit(t):

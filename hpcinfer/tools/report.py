@@ -114,8 +114,10 @@ def text_summary(run: RunRecord, data: dict) -> str:
     total = s["busy"] + s["idle"] or 1.0
     return "\n".join(
         [
-            (f"{run.path}: {run.layout['ranks']} rank(s), {data['groups']} DP group(s) x tp "
-            f"{run.layout['tp']}, balance {run.layout['balance']}"),
+            (
+                f"{run.path}: {run.layout['ranks']} rank(s), {data['groups']} DP group(s) x tp "
+                f"{run.layout['tp']}, balance {run.layout['balance']}"
+            ),
             f"  {data['rows_this_run']:,} rows in {data['wall_seconds']:.2f} s this run: "
             f"{data['rows_per_second']:,.0f} rows/s"
             + (
@@ -124,8 +126,10 @@ def text_summary(run: RunRecord, data: dict) -> str:
                 else ""
             ),
             f"  efficiency {data['efficiency']:.1%}, imbalance {data['imbalance']:.3f}",
-            (f"  rank time: busy {s['busy'] / total:.1%} (of which I/O {s['io'] / total:.1%}, "
-            f"collectives {s['collective'] / total:.1%}), idle {s['idle'] / total:.1%}"),
+            (
+                f"  rank time: busy {s['busy'] / total:.1%} (of which I/O {s['io'] / total:.1%}, "
+                f"collectives {s['collective'] / total:.1%}), idle {s['idle'] / total:.1%}"
+            ),
             "  chunks per DP group: "
             + ", ".join(
                 f"{c} ({st} stolen)"
@@ -134,8 +138,10 @@ def text_summary(run: RunRecord, data: dict) -> str:
         ]
         + (
             [
-                (f"  tokens: {data['tokens'][0]:,} of text in {data['tokens'][1]:,} computed "
-                f"(padding efficiency {data['tokens'][0] / max(1, data['tokens'][1]):.1%})")
+                (
+                    f"  tokens: {data['tokens'][0]:,} of text in {data['tokens'][1]:,} computed "
+                    f"(padding efficiency {data['tokens'][0] / max(1, data['tokens'][1]):.1%})"
+                )
             ]
             if data["tokens"]
             else []

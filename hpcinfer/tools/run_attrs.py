@@ -65,9 +65,11 @@ def output_attrs(
             "tp": plan.grid.tp,
             "tp_comm": plan.tp_comm,
             "threads_per_rank": rt.threads,
-            "backend": job.run.backend,
+            "backend": plan.settings.backend,
+            "max_batch_tokens": plan.settings.max_batch_tokens,
+            "auto": list(plan.settings.chosen),  # the settings "auto" chose
             "dtype": job.run.dtype,
-            "chunk_size": job.run.chunk_size,
+            "chunk_size": plan.settings.chunk_size,
             "n_chunks": len(plan.chunks),
             "balance": job.run.balance,
         },
