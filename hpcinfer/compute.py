@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hpcinfer.checkpoint.chunk_files import ChunkFile, ChunkStore
+from hpcinfer.checkpoint.columns import Column, output_columns, specs, stored
 from hpcinfer.checkpoint.journal import ChunkRun, JournalWriter, Progress
 from hpcinfer.checkpoint.writer import ChunkWriter
 from hpcinfer.errors import BadRow, DiskError, JobError, RunError
@@ -101,9 +102,13 @@ def compute_pending(
         chunk = plan.chunks[pending[position]]
         t_chunk, start = time.perf_counter(), time.time() - epoch
         hooks.before_chunk(rt.rank, done, chunk, plan.n_rows)
-        sink = None if writer is None else store.create(chunk.index, chunk.rows, plan.model.outputs)
+        sink = None
+        if writer is not None:
+            sink = store.create(chunk.index, chunk.rows, specs(plan.columns))
         try:
-            timers.io += compute_chunk(plan.model, plan.reader, chunk, run.batch_size, sink, hooks)
+            timers.io += compute_chunk(
+                plan.model, plan.reader, chunk, run.batch_size, sink, hooks, plan.columns
+            )
             if writer is not None:
                 t_write = time.perf_counter()
                 finished = ChunkRun(
@@ -143,41 +148,46 @@ def compute_chunk(
     batch_size: int,
     sink: ChunkFile | None,
     hooks: Hooks = NO_HOOKS,
+    columns: dict[str, Column] | None = None,
 ) -> float:
     """Compute the chunk's rows `batch_size` at a time, each batch's outputs written into
-    `sink` as soon as they exist (None: a TP rank that computes but does not write).
+    `sink` as soon as they exist (None: a TP rank that computes but does not write), as
+    `columns` say (named and cast; the kept columns' values from the same read; None:
+    the model's outputs as they are).
     A failure discards the unfinished file. A failed write (a full disk) does not stop
     the batches: the TP group computes them together, and a leader that left early would
     leave its members waiting in a collective; the error is raised after the chunk.
     Returns the seconds spent reading input and writing outputs.
     """
     io, failed = Stopwatch(), None
+    columns = columns or output_columns(model.outputs, {}, "auto", {}, "")
     try:
         if model.input_kind is InputKind.ITEMS:  # the model batches them by length
             with io:
-                items = reader.read(chunk.start, chunk.stop)
+                batch = reader.read_batch(chunk.start, chunk.stop)
             try:
-                result = model.predict_items(items, batch_size)
+                result = model.predict_items(batch.rows, batch_size)
             except BadRow as e:
                 raise JobError(f"{reader.where(chunk.start + e.index)}: {e.message}") from None
             if sink is not None:
                 with io:
-                    sink.write_rows(0, result)
+                    sink.write_rows(0, stored(columns, result, batch.kept))
                 hooks.chunk_file_started()
             return io.seconds
         for b0 in range(0, chunk.rows, batch_size):
             with io:
-                rows = reader.read(chunk.start + b0, chunk.start + min(b0 + batch_size, chunk.rows))
-            outputs = model.predict(rows)
+                stop = chunk.start + min(b0 + batch_size, chunk.rows)
+                batch = reader.read_batch(chunk.start + b0, stop)
+            outputs = model.predict(batch.rows)
             if sink is not None and failed is None:
                 try:
                     with io:
-                        sink.write_rows(b0, outputs)
+                        sink.write_rows(b0, stored(columns, outputs, batch.kept))
                 except RunError as e:  # the file is discarded already
                     failed = e
                 if b0 == 0:
                     hooks.chunk_file_started()
-            del rows, outputs  # written: the next batch's peak must not include them
+            del batch, outputs  # written: the next batch's peak must not include them
     except BaseException:
         if sink is not None:
             sink.discard()

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from hpcinfer.backends import get_backend
+from hpcinfer.checkpoint.columns import Column, output_columns
 from hpcinfer.checkpoint.lock import lock_path_for
-from hpcinfer.checkpoint.state import partial_dir_for
+from hpcinfer.checkpoint.state import our_partial_dir, partial_dir_for
 from hpcinfer.errors import JobError
+from hpcinfer.io import keep as kept_columns
 from hpcinfer.io.inputs import Reader, open_input
 from hpcinfer.job import Job
-from hpcinfer.models import InputKind, Model, load_model
+from hpcinfer.models import InputKind, Model, OutputSpec, load_model
 from hpcinfer.parallel.comm import collectives_for, resolve_tp_comm
 from hpcinfer.parallel.grid import Grid, check_tp
 from hpcinfer.parallel.partition import split_range
@@ -34,6 +36,7 @@ class Plan:
     reader: Reader
     chunks: list[Chunk]
     partial_dir: Path  # where finished chunks live until the final file is assembled
+    columns: dict[str, Column]  # the output's datasets: model outputs and kept columns
 
     @property
     def n_rows(self) -> int:
@@ -56,6 +59,13 @@ def validated_plan(job: Job, rt: Runtime) -> Plan:
         error = e
     agree(rt, error)
     assert plan is not None  # agree() raised otherwise
+    if plan.reader.keep and rt.size > 1:  # kept columns' types, from every rank's share
+        notes = rt.comm.allgather(plan.reader.kinds)
+        try:
+            plan = replace(plan, columns=plan_columns(job, plan.model, plan.reader, notes))
+        except JobError as e:
+            error = e
+        agree(rt, error)
     return plan
 
 
@@ -117,7 +127,7 @@ def check_input_fits(job: Job, model: Model, reader: Reader) -> None:
             f"{job.source}: the model {job.model.path} reads {wants.value}, but "
             f"input.path {reader.path} holds {what}"
         )
-    if reader.items and reader.kind in ("text", "hdf5 texts") and not model.reads_texts:
+    if reader.items and reader.texts_only and not model.reads_texts:
         raise JobError(
             f"{reader.path} holds texts, but the model folder {job.model.path} has no "
             "tokenizer (tokenizer.json, vocab.json + merges.txt, or vocab.txt): give token "
@@ -142,10 +152,30 @@ def check_rows(job: Job, model: Model, reader: Reader, rank: int, size: int) -> 
     reader.validate(split_range(reader.n_rows, rank, size))
 
 
-def make_plan(job: Job, grid: Grid, local_rank: int = 0, rank: int = 0, size: int = 1) -> Plan:
+def plan_columns(
+    job: Job, model: Model, reader: Reader, notes: list[dict[str, kept_columns.Kinds]]
+) -> dict[str, Column]:
+    """The output's datasets; `notes` are every rank's kinds of the kept columns."""
+    kept = {}
+    for name in reader.keep:
+        shape, dtype = kept_columns.kind_spec(kept_columns.merge(name, [n[name] for n in notes]))
+        kept[name] = OutputSpec(shape, dtype)
+    datasets, dtype = job.output.datasets, job.output.dtype
+    return output_columns(model.outputs, datasets, dtype, kept, str(job.source))
+
+
+def make_plan(
+    job: Job,
+    grid: Grid,
+    local_rank: int = 0,
+    rank: int = 0,
+    size: int = 1,
+) -> Plan:
     """Validate `job` end to end and load this rank's shard of the model; `rank` of `size`
-    (world) checks its share of the input rows."""
-    reader = open_input(job)
+    (world) checks its share of the input rows (the kept columns' types are this rank's:
+    validated_plan merges every rank's)."""
+    kept_columns.check_names(job.output.keep, str(job.source))
+    reader = open_input(job, our_partial_dir(job.output.path))
     try:
         check_output_path(job, reader)
         backend = get_backend(job.run.backend, job.run.dtype, local_rank)
@@ -161,6 +191,7 @@ def make_plan(job: Job, grid: Grid, local_rank: int = 0, rank: int = 0, size: in
         )
         check_input_fits(job, model, reader)
         check_rows(job, model, reader, rank, size)
+        columns = plan_columns(job, model, reader, [reader.kinds])
         chunks = make_chunks(reader.n_rows, job.run.chunk_size)
         if len(chunks) >= 2**31:
             raise JobError(
@@ -170,4 +201,5 @@ def make_plan(job: Job, grid: Grid, local_rank: int = 0, rank: int = 0, size: in
     except BaseException:
         reader.close()
         raise
-    return Plan(job, grid, tp_comm, model, reader, chunks, partial_dir_for(job.output.path))
+    partial = partial_dir_for(job.output.path)
+    return Plan(job, grid, tp_comm, model, reader, chunks, partial, columns)

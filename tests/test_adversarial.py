@@ -95,7 +95,7 @@ CASES = [
     ),
     Case(
         "h5-text-for-mlp",
-        with_set("input.path='{job}'"),
+        with_set("input.path='{job}'", "input.format='text'"),
         "reads numeric rows (HDF5), but input.path",
     ),
     Case(
