@@ -67,6 +67,13 @@ def run_job(
     t0 = time.perf_counter()
     options = options or RunOptions()
     plan = validated_plan(job, rt)
+    try:
+        return run_plan(plan, rt, options, hooks, t0)
+    finally:
+        plan.reader.close()  # (compute_pending closed it already where it ran)
+
+
+def run_plan(plan: Plan, rt: Runtime, options: RunOptions, hooks: Hooks, t0: float) -> Outcome:
     if options.dry_run:
         print_dry_run(plan, rt)
         return Outcome(0)

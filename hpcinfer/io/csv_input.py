@@ -22,7 +22,7 @@ from hpcinfer.errors import JobError
 from hpcinfer.io import keep as kept_columns
 from hpcinfer.io.csv_scan import CsvError, scan_record
 from hpcinfer.io.file_checks import clip
-from hpcinfer.io.record_index import RecordIndex, csv_index
+from hpcinfer.io.record_index import RecordError, RecordIndex, csv_index
 from hpcinfer.io.text_cut import TextCut, TextPrefix
 from hpcinfer.io.text_input import TextRows
 
@@ -54,8 +54,9 @@ class CsvRows(TextRows):
         try:
             with self.source.scan() as f:
                 index = csv_index(f)
-        except JobError as e:
-            raise JobError(f"{self.path}: {e}") from None
+        except RecordError as e:
+            line = f":{e.line}" if e.line else ""
+            raise JobError(f"{self.path}{line}: {e.message}") from None
         self.source.scanned(index.total)
         return index
 

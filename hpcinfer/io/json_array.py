@@ -7,7 +7,7 @@ span (record_index.json_array_index), so a rank reads only its own elements.
 from __future__ import annotations
 
 from hpcinfer.errors import JobError
-from hpcinfer.io.record_index import RecordIndex, json_array_index
+from hpcinfer.io.record_index import RecordError, RecordIndex, json_array_index
 from hpcinfer.io.text_input import TextRows
 
 
@@ -22,8 +22,8 @@ class JsonArrayRows(TextRows):
         try:
             with self.source.scan() as f:
                 index = json_array_index(f)
-        except JobError as e:
-            raise JobError(f"{self.path}: {e} (input.format json: one array of objects)") from None
+        except RecordError as e:
+            raise JobError(f"{self.path}: {e.message}") from None
         self.source.scanned(index.total)
         return index
 

@@ -21,13 +21,20 @@ from typing import BinaryIO
 
 import numpy as np
 
-from hpcinfer.errors import JobError
-
 INDEX_BLOCK_BYTES = 8 * 2**20
 NL, QUOTE, BACKSLASH = ord("\n"), ord('"'), ord("\\")
 WHITESPACE = np.zeros(256, bool)
 WHITESPACE[[ord(" "), ord("\t"), ord("\n"), ord("\r")]] = True
 OPENERS, CLOSERS = (ord("["), ord("{")), (ord("]"), ord("}"))
+
+
+class RecordError(ValueError):
+    """The content is not records of its format; `line` (1-based) where known. Readers
+    put the file's name in front (the stream's own errors are JobErrors already)."""
+
+    def __init__(self, message: str, line: int | None = None):
+        super().__init__(message)
+        self.message, self.line = message, line
 
 
 @dataclass(frozen=True)
@@ -84,7 +91,7 @@ def csv_index(f: BinaryIO) -> RecordIndex:
         newlines_before += len(newlines)
         total, last_byte = offset + len(data), int(data[-1])
     if quotes_before % 2:
-        raise JobError(f"line {last_quote_line}: a quoted field is never closed")
+        raise RecordError("a quoted field is never closed", last_quote_line)
     cat = lambda parts, empty: np.concatenate(parts) if parts else empty  # noqa: E731
     ends = cat(ends_parts, np.zeros(0, np.int64)).astype(np.int64)
     cr = cat(cr_parts, np.zeros(0, bool))
@@ -125,30 +132,32 @@ def json_array_index(f: BinaryIO) -> RecordIndex:
         _scan_block(s, offset, data)
         total = offset + len(data)
     if not s.pos:
-        raise JobError("not a JSON array (no '[' found; for one object per line use JSONL)")
+        raise RecordError("not a JSON array (no '[' found; for one object per line use JSONL)")
     pos, byte = np.concatenate(s.pos), np.concatenate(s.byte)
     opens, before = np.concatenate(s.opens), np.concatenate(s.before)
     after = np.concatenate(s.after)
     if not opens[0] or before[0] >= 0:
         at = before[0] + 1 if before[0] >= 0 else pos[0] + 1
-        raise JobError(f"not a JSON array (byte {at}; for one object per line use JSONL)")
+        raise RecordError(f"not a JSON array (byte {at}; for one object per line use JSONL)")
     if byte[0] != ord("["):
-        raise JobError("a JSON object, not an array (for one object per line use JSONL)")
+        raise RecordError("a JSON object, not an array (for one object per line use JSONL)")
     if opens[1:].any():
-        raise JobError(f"data after the array (byte {pos[1:][opens[1:]][0] + 1})")
+        raise RecordError(f"data after the array (byte {pos[1:][opens[1:]][0] + 1})")
     if len(pos) < 2 or s.depth != 0:
-        raise JobError("the JSON array is never closed (a ']' is missing: truncated file?)")
+        raise RecordError("the JSON array is never closed (a ']' is missing: truncated file?)")
     if byte[-1] != ord("]"):
-        raise JobError(f"not valid JSON: '{chr(byte[-1])}' closes the array (byte {pos[-1] + 1})")
+        raise RecordError(
+            f"not valid JSON: '{chr(byte[-1])}' closes the array (byte {pos[-1] + 1})"
+        )
     if s.last_content > pos[-1]:
-        raise JobError(f"data after the array (byte {s.last_content + 1})")
+        raise RecordError(f"data after the array (byte {s.last_content + 1})")
     empty = after[:-1, 0] == pos[1:]  # nothing between two events
     if len(pos) == 2 and empty.all():
         none = np.zeros(0, np.int64)
         return RecordIndex(none, none, total, none)  # []
     if empty.any():
         at = pos[1:][empty][0]
-        raise JobError(f"not valid JSON: Expecting value (byte {at + 1})")
+        raise RecordError(f"not valid JSON: Expecting value (byte {at + 1})")
     return RecordIndex(after[:-1, 0], before[1:] + 1, total, after[:-1, 1])
 
 
@@ -170,7 +179,7 @@ def _scan_block(s: _ArrayScan, offset: int, data: np.ndarray) -> None:
     depth_before = s.depth + np.concatenate([[0], np.cumsum(step)[:-1]]).astype(np.int64)
     if len(step) and (depth_before + step).min() < 0:
         at = structural[int(np.argmax(depth_before + step < 0))]
-        raise JobError(f"not valid JSON: a bracket closes nothing (byte {offset + at + 1})")
+        raise RecordError(f"not valid JSON: a bracket closes nothing (byte {offset + at + 1})")
     s.depth += int(step.sum())
     top = ((depth_before == 0) & (step == 1)) | ((depth_before == 1) & (step != 1))
     pos = structural[top]

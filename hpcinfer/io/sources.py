@@ -114,9 +114,16 @@ class CompressedFile:
             stream.close()
 
     def scanned(self, total: int) -> None:
+        """After the index pass: the file is unchanged, and (zstd, whose reader takes a
+        cut-off frame for the end) made of whole frames."""
         now = file_version(os.stat(self.path))
         if now != self.version:
             raise JobError(f"{self.path}: changed while its lines were indexed (input.path)")
+        if self.codec == "zstd":
+            with self.path.open("rb") as f:
+                problem = zstd_frames_problem(f, self.version[0])
+            if problem:
+                raise JobError(f"{self.path}: {problem}")
 
     @contextlib.contextmanager
     def view(self, start: int, stop: int) -> Iterator[BinaryIO]:
@@ -215,16 +222,13 @@ class _Stream:
             data = self.reader.read(n)
         except EOFError:
             raise JobError(
-                f"{self.path}: the {self.codec} data ends early (truncated file?) after "
-                f"{self.position:,} bytes of content"
+                f"{self.path}: the {self.codec} data ends early (truncated file?)"
             ) from None
         except Exception as e:  # each codec has its own errors: one line for them all
             if not _is_codec_error(e):
                 raise
-            raise JobError(
-                f"{self.path}: not valid {self.codec} data after {self.position:,} bytes of "
-                f"content ({clip(' '.join(str(e).split()), 80)})"
-            ) from None
+            why = clip(" ".join(str(e).split()), 80)
+            raise JobError(f"{self.path}: not valid {self.codec} data ({why})") from None
         self.position += len(data)
         return data
 
@@ -246,9 +250,9 @@ class _Stream:
 
 def _decompressor(raw: BinaryIO, codec: str):
     if codec == "gzip":
-        return gzip.GzipFile(fileobj=raw, mode="rb")
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # refuses data after the last member
     if codec == "bz2":
-        return bz2.BZ2File(raw, mode="rb")
+        return _Bz2Streams(raw)
     try:
         import zstandard
     except ImportError:
@@ -262,3 +266,75 @@ def _is_codec_error(e: Exception) -> bool:
     if isinstance(e, OSError | zlib.error | ValueError):
         return True
     return type(e).__module__.startswith("zstandard") or type(e).__name__ == "ZstdError"
+
+
+class _Bz2Streams:
+    """Every bz2 stream of a file in turn, reads bounded; unlike bz2.BZ2File, data after
+    the last stream that is not one is an error, not ignored."""
+
+    def __init__(self, raw: BinaryIO):
+        self.raw, self.d = raw, bz2.BZ2Decompressor()
+
+    def read(self, n: int) -> bytes:
+        while True:
+            if self.d.eof:
+                rest = self.d.unused_data
+                while len(rest) < 4 and (more := self.raw.read(COPY_BYTES)):
+                    rest += more
+                if not rest:
+                    return b""
+                if not rest.startswith(b"BZh"):
+                    raise ValueError("data after the end of the last bz2 stream")
+                self.d = bz2.BZ2Decompressor()
+                feed = rest
+            elif self.d.needs_input:
+                feed = self.raw.read(COPY_BYTES)
+                if not feed:
+                    raise EOFError
+            else:
+                feed = b""
+            out = self.d.decompress(feed, max_length=n)
+            if out:
+                return out
+
+    def close(self) -> None:
+        pass
+
+
+ZSTD_MAGIC, ZSTD_SKIPPABLE = 0xFD2FB528, range(0x184D2A50, 0x184D2A60)
+TRUNCATED_ZSTD = "the zstd data ends early (truncated file?)"
+
+
+def zstd_frames_problem(f: BinaryIO, size: int) -> str | None:
+    """What is wrong with the zstd frames of `f` (`size` bytes), or None: each frame's
+    header and block headers are walked (the blocks are skipped), so a cut-off frame is
+    found without decompressing anything."""
+    pos = 0
+    while pos < size:
+        f.seek(pos)
+        head = f.read(18)
+        magic = int.from_bytes(head[:4], "little")
+        if len(head) >= 8 and magic in ZSTD_SKIPPABLE:
+            pos += 8 + int.from_bytes(head[4:8], "little")
+            continue
+        if len(head) < 6:
+            break
+        if magic != ZSTD_MAGIC:
+            return f"not valid zstd data at byte {pos + 1} (not a frame)"
+        descriptor = head[4]
+        single = (descriptor >> 5) & 1
+        pos += 5 + (not single) + (0, 1, 2, 4)[descriptor & 3]
+        pos += (single, 2, 4, 8)[descriptor >> 6]
+        while True:
+            f.seek(pos)
+            block = int.from_bytes(f.read(3).ljust(3, b"\xff"), "little")
+            kind = (block >> 1) & 3
+            if pos + 3 > size:
+                return TRUNCATED_ZSTD
+            if kind == 3:
+                return f"not valid zstd data at byte {pos + 1} (a reserved block type)"
+            pos += 3 + (1 if kind == 1 else block >> 3)
+            if block & 1:
+                break
+        pos += 4 * ((descriptor >> 2) & 1)  # the content checksum
+    return TRUNCATED_ZSTD if pos != size else None

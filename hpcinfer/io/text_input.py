@@ -94,14 +94,18 @@ class TextRows:
             )
         self.source = CompressedFile(self.path, codec) if codec else PlainFile(self.path)
         self.index_built = index is None  # built here, not loaded from a cache
-        self.built = index if index is not None else self.build_index()  # what a cache holds
-        self.index = self.rows_of(self.built)
-        self._starts, self._ends = self.index.starts, self.index.ends
-        self.n_rows = len(self._starts)
         self.cut: TextCut | None = None  # None: rows whole (no model to bound them)
         self.kinds: dict[str, kept_columns.Kinds] = {name: {} for name in self.keep}
-        if self.n_rows and kind in self.json_rows:
-            self.validate(range(1))  # the first row tells a wrong field early
+        try:
+            self.built = index if index is not None else self.build_index()  # a cache holds
+            self.index = self.rows_of(self.built)
+            self._starts, self._ends = self.index.starts, self.index.ends
+            self.n_rows = len(self._starts)
+            if self.n_rows and kind in self.json_rows:
+                self.validate(range(1))  # the first row tells a wrong field early
+        except BaseException:
+            self.source.close()
+            raise
 
     @property
     def texts_only(self) -> bool:
