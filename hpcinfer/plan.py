@@ -86,16 +86,39 @@ def check_output_path(job: Job, reader: Reader) -> None:
     """The output (and its .partial folder and .lock) may be created, and never aliases a
     file the job reads: compared by resolved path and by device and inode, so `..`, `//`,
     symlinks and hard links are all caught."""
+    check_output_place(job)
+    check_no_alias(job, reader)
+
+
+def check_output_place(job: Job) -> None:
+    """The output's folder exists or can be made, is writable, and takes its name and
+    the names hpcinfer puts beside it."""
     out, where = job.output.path, f"{job.source}: output.path {job.output.path}"
+    _exists(out, where)  # a name too long, a loop: one line
     if out.is_dir():
         raise JobError(f"{where} is a folder; expected a file path")
     parent = out.parent
-    while not parent.exists():
+    while not _exists(parent, where):
+        if os.path.lexists(parent):
+            raise JobError(f"{where}: {parent} is a symbolic link to nothing")
         parent = parent.parent
     if not parent.is_dir():
         raise JobError(f"{where}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise JobError(f"{where}: folder {parent} is not writable")
+    name_max = _name_max(parent)
+    longest = len(os.fsencode(out.name)) + NAME_EXTRA
+    if longest > name_max:
+        raise JobError(
+            f"{where}: the file name is {longest - NAME_EXTRA} bytes long; at most "
+            f"{name_max - NAME_EXTRA} can be used here (hpcinfer writes OUTPUT.partial, "
+            "OUTPUT.lock and temporary names of up to 45 bytes more beside it)"
+        )
+
+
+def check_no_alias(job: Job, reader: Reader) -> None:
+    """The output, its .partial folder and .lock are none of the files the job reads."""
+    out, where = job.output.path, f"{job.source}: output.path {job.output.path}"
     model = job.model.path
     read = [job.source, *reader.sources(), model]
     if model.is_dir():
@@ -109,6 +132,29 @@ def check_output_path(job: Job, reader: Reader) -> None:
     real_model = os.path.realpath(model)
     if model.is_dir() and os.path.realpath(out).startswith(real_model + os.sep):
         raise JobError(f"{where} is inside the model folder {model}; choose another place")
+
+
+# The longest name hpcinfer derives from the output's: .assembling-<32 hex>-NAME
+NAME_EXTRA = 45
+
+
+def _exists(path: Path, where: str) -> bool:
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return False
+    except NotADirectoryError:  # a file on the way: the loop reaches it
+        return False
+    except OSError as e:  # a name too long, a loop of symbolic links, no permission
+        raise JobError(f"{where}: {path}: {e.strerror or e}") from None
+    return True
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
 
 
 def _stat(path: Path) -> os.stat_result | None:
@@ -175,9 +221,10 @@ def make_plan(
     (world) checks its share of the input rows (the kept columns' types are this rank's:
     validated_plan merges every rank's)."""
     kept_columns.check_names(job.output.keep, str(job.source))
+    check_output_place(job)
     reader = open_input(job, our_partial_dir(job.output.path))
     try:
-        check_output_path(job, reader)
+        check_no_alias(job, reader)
         backend = get_backend(job.run.backend, job.run.dtype, local_rank)
         tp_comm = resolve_tp_comm(job.run.backend, job.run.tp_comm)
         tp = collectives_for(grid.tp_group, job.run.backend, tp_comm)

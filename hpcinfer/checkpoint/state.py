@@ -63,7 +63,10 @@ def our_partial_dir(output: Path) -> Path | None:
     """The output's partial folder if hpcinfer made it (its marker is there), else None:
     only there may a cached input index be read."""
     folder = partial_dir_for(output)
-    return folder if not folder.is_symlink() and (folder / MARKER).is_file() else None
+    try:
+        return folder if not folder.is_symlink() and (folder / MARKER).is_file() else None
+    except OSError:  # a name too long: no partial folder there
+        return None
 
 
 def resume_state(
