@@ -59,13 +59,17 @@ def validated_plan(job: Job, rt: Runtime) -> Plan:
         error = e
     agree(rt, error)
     assert plan is not None  # agree() raised otherwise
-    if plan.reader.keep and rt.size > 1:  # kept columns' types, from every rank's share
+    if plan.reader.keep:  # kept columns' types, from every rank's share
         notes = rt.comm.allgather(plan.reader.kinds)
         try:
             plan = replace(plan, columns=plan_columns(job, plan.model, plan.reader, notes))
         except JobError as e:
             error = e
-        agree(rt, error)
+        try:
+            agree(rt, error)
+        except JobError:
+            plan.reader.close()
+            raise
     return plan
 
 
@@ -199,12 +203,19 @@ def check_rows(job: Job, model: Model, reader: Reader, rank: int, size: int) -> 
 
 
 def plan_columns(
-    job: Job, model: Model, reader: Reader, notes: list[dict[str, kept_columns.Kinds]]
+    job: Job,
+    model: Model,
+    reader: Reader,
+    notes: list[dict[str, kept_columns.Kinds]],
+    strict: bool = True,
 ) -> dict[str, Column]:
-    """The output's datasets; `notes` are every rank's kinds of the kept columns."""
+    """The output's datasets; `notes` are every rank's kinds of the kept columns (not
+    `strict`: one rank's, whose mixed kinds validated_plan reports from all ranks' notes,
+    so the message does not depend on the rank count)."""
     kept = {}
     for name in reader.keep:
-        shape, dtype = kept_columns.kind_spec(kept_columns.merge(name, [n[name] for n in notes]))
+        kind = kept_columns.merge(name, [n[name] for n in notes], strict)
+        shape, dtype = kept_columns.kind_spec(kind)
         kept[name] = OutputSpec(shape, dtype)
     datasets, dtype = job.output.datasets, job.output.dtype
     return output_columns(model.outputs, datasets, dtype, kept, str(job.source))
@@ -238,7 +249,7 @@ def make_plan(
         )
         check_input_fits(job, model, reader)
         check_rows(job, model, reader, rank, size)
-        columns = plan_columns(job, model, reader, [reader.kinds])
+        columns = plan_columns(job, model, reader, [reader.kinds], strict=False)
         chunks = make_chunks(reader.n_rows, job.run.chunk_size)
         if len(chunks) >= 2**31:
             raise JobError(

@@ -77,9 +77,10 @@ def note(kinds: Kinds, kind: str, row: int, where: str) -> None:
         kinds[kind] = (row, where)
 
 
-def merge(name: str, notes: list[Kinds]) -> str:
+def merge(name: str, notes: list[Kinds], strict: bool = True) -> str:
     """One kind for column `name` from every rank's notes; a mix is an error naming the
-    first row of each kind met."""
+    first row of each kind met (not `strict`: "str", for a plan the ranks' merged notes
+    will check)."""
     kinds: Kinds = {}
     for part in notes:
         for kind, (row, where) in part.items():
@@ -90,6 +91,8 @@ def merge(name: str, notes: list[Kinds]) -> str:
         return "float64"
     if len(kinds) == 1:
         return next(iter(kinds))
+    if not strict:
+        return "str"
     first = sorted(kinds.items(), key=lambda kv: kv[1][0])[:2]
     seen = " and ".join(f"{_describe(k)} at {w}" for k, (_, w) in first)
     raise JobError(f"kept column {name!r} holds values of different types: {seen}")
