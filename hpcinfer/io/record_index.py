@@ -161,21 +161,29 @@ def json_array_index(f: BinaryIO) -> RecordIndex:
     return RecordIndex(after[:-1, 0], before[1:] + 1, total, after[:-1, 1])
 
 
+STRUCTURAL = np.zeros(256, bool)
+STRUCTURAL[[*OPENERS, *CLOSERS, ord(",")]] = True
+STEP = np.zeros(256, np.int64)
+STEP[list(OPENERS)], STEP[list(CLOSERS)] = 1, -1
+NEAR_STEPS = 32  # whitespace crossed one byte at a time before a full search
+
+
 def _scan_block(s: _ArrayScan, offset: int, data: np.ndarray) -> None:
     quotes = _unescaped_quotes(s, data)
-    structural = np.flatnonzero(np.isin(data, [*OPENERS, *CLOSERS, ord(",")]))
+    structural = np.flatnonzero(STRUCTURAL[data])
     # a byte is inside a string when an odd number of quotes precede it (with the carry)
     inside = (np.searchsorted(quotes, structural) + s.in_string) % 2 == 1
     structural = structural[~inside]
     s.in_string = bool((len(quotes) + s.in_string) % 2)
-    content = np.flatnonzero(~WHITESPACE[data])
+    space = WHITESPACE[data]
     nl = np.flatnonzero(data == NL)
-    if s.waiting and len(content):  # the previous block's last event, completed
-        first = int(content[0])
-        s.after[-1][-1] = [offset + first, s.newlines + int(np.searchsorted(nl, first)) + 1]
-        s.waiting = False
+    if s.waiting:  # the previous block's last event: its next content byte may be here
+        (first,) = _nearest(space, np.array([0]), +1, inclusive=True)
+        if first >= 0:
+            s.after[-1][-1] = [offset + first, s.newlines + int(np.searchsorted(nl, first)) + 1]
+            s.waiting = False
     byte = data[structural]
-    step = np.where(np.isin(byte, OPENERS), 1, np.where(np.isin(byte, CLOSERS), -1, 0))
+    step = STEP[byte]
     depth_before = s.depth + np.concatenate([[0], np.cumsum(step)[:-1]]).astype(np.int64)
     if len(step) and (depth_before + step).min() < 0:
         at = structural[int(np.argmax(depth_before + step < 0))]
@@ -184,33 +192,65 @@ def _scan_block(s: _ArrayScan, offset: int, data: np.ndarray) -> None:
     top = ((depth_before == 0) & (step == 1)) | ((depth_before == 1) & (step != 1))
     pos = structural[top]
     if len(pos):
-        k = np.searchsorted(content, pos)  # content[k] is the event itself
-        prev = np.where(k > 0, offset + content[np.maximum(k - 1, 0)], s.last_content)
-        nxt = np.minimum(k + 1, len(content) - 1)
-        has_next = k + 1 < len(content)
-        after_pos = np.where(has_next, offset + content[nxt], -1)
-        after_line = s.newlines + np.searchsorted(nl, content[nxt]) + 1
+        prev = _nearest(space, pos, -1)
+        prev = np.where(prev >= 0, offset + prev, s.last_content)
+        nxt = _nearest(space, pos, +1)
+        after_line = s.newlines + np.searchsorted(nl, np.maximum(nxt, 0)) + 1
         s.pos.append(pos + offset)
         s.byte.append(data[pos])
         s.opens.append((depth_before == 0)[top])
         s.before.append(prev.astype(np.int64))
-        s.after.append(np.stack([after_pos, after_line], axis=1).astype(np.int64))
-        s.waiting = not bool(has_next[-1])
-    if len(content):
-        s.last_content = offset + int(content[-1])
+        after = np.where(nxt >= 0, offset + nxt, -1)
+        s.after.append(np.stack([after, after_line], axis=1).astype(np.int64))
+        s.waiting = bool(nxt[-1] < 0)
+    (last,) = _nearest(space, np.array([len(data) - 1]), -1, inclusive=True)
+    if last >= 0:
+        s.last_content = offset + int(last)
     s.newlines += len(nl)
+
+
+def _nearest(space: np.ndarray, pos: np.ndarray, direction: int, inclusive: bool = False):
+    """For each position, the nearest byte that is not whitespace, after it (direction
+    +1) or before it (-1), itself too when `inclusive`; -1 where the block has none.
+    Whitespace runs between elements are short: they are crossed a byte at a time, and
+    only a long one is searched for in full."""
+    n = len(space)
+    at = pos.astype(np.int64) + (0 if inclusive else direction)
+    for _ in range(NEAR_STEPS):
+        inside = (at >= 0) & (at < n)
+        moving = inside & space[np.clip(at, 0, n - 1)]
+        if not moving.any():
+            return np.where(inside, at, -1)
+        at[moving] += direction
+    content = np.flatnonzero(~space)  # a long run of whitespace: search in full
+    inside = (at >= 0) & (at < n)
+    if direction > 0:
+        k = np.searchsorted(content, np.clip(at, 0, n))
+        found = np.where(k < len(content), content[np.minimum(k, len(content) - 1)], -1)
+    else:
+        k = np.searchsorted(content, np.clip(at, -1, n - 1), side="right") - 1
+        found = np.where(k >= 0, content[np.maximum(k, 0)], -1)
+    return np.where(inside, found, -1) if len(content) else np.full(len(at), -1)
 
 
 def _unescaped_quotes(s: _ArrayScan, data: np.ndarray) -> np.ndarray:
     """The block's quote characters that no odd run of backslashes escapes."""
     quotes = np.flatnonzero(data == QUOTE)
-    plain = np.flatnonzero(data != BACKSLASH)
+    slashes = np.flatnonzero(data == BACKSLASH)
     carry = s.backslashes
-    s.backslashes = carry + len(data) if not len(plain) else len(data) - 1 - int(plain[-1])
-    if not len(quotes):
-        return quotes
-    # the last byte before each quote that is not a backslash (-1: none in this block)
-    k = np.searchsorted(plain, quotes) - 1  # plain[k] < quote; the quote itself is plain
-    last = np.where(k >= 0, plain[np.maximum(k, 0)], -1)
-    run = quotes - 1 - last + np.where(last < 0, carry, 0)
+    if not len(slashes):
+        s.backslashes = 0
+        return quotes if not carry % 2 or not len(quotes) or quotes[0] else quotes[1:]
+    # runs of consecutive backslashes: where each ends and how long it is
+    breaks = np.flatnonzero(np.diff(slashes) != 1)
+    ends = np.append(slashes[breaks], slashes[-1])
+    starts = np.insert(slashes[breaks + 1], 0, slashes[0])
+    lengths = ends - starts + 1
+    if starts[0] == 0:
+        lengths[0] += carry  # the run goes on from the previous block
+    s.backslashes = int(lengths[-1]) if ends[-1] == len(data) - 1 else 0
+    k = np.searchsorted(ends, quotes - 1)  # the run that ends just before each quote
+    hit = (k < len(ends)) & (ends[np.minimum(k, len(ends) - 1)] == quotes - 1)
+    run = np.where(hit, lengths[np.minimum(k, len(ends) - 1)], 0)
+    run = np.where(quotes == 0, carry, run)
     return quotes[run % 2 == 0]
