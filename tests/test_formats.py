@@ -281,3 +281,10 @@ def test_csv_index_finds_every_record(table, block, terminator):
 def test_what_is_not_one_json_array_is_named(text, message):
     with pytest.raises(record_index.RecordError, match=message):
         record_index.json_array_index(io.BytesIO(text))
+
+
+def test_an_empty_range_leaves_the_stream_where_it_is(tmp_path):
+    reader = reader_for(write(tmp_path, "jsonl.gz", records(40)), tmp_path)
+    reader.read(30, 40)
+    position = reader.source._stream.position
+    assert reader.read(5, 5) == [] and reader.source._stream.position == position

@@ -25,6 +25,7 @@ from __future__ import annotations
 import bz2
 import contextlib
 import gzip
+import io
 import os
 import tempfile
 import zlib
@@ -129,6 +130,9 @@ class CompressedFile:
     def view(self, start: int, stop: int) -> Iterator[BinaryIO]:
         """A seekable file over content bytes [start, stop); the current window when it
         holds them already (it stays until a range outside it is asked for)."""
+        if stop <= start:  # nothing to read: the stream stays where it is
+            yield Window(io.BytesIO(), start, start)
+            return
         w = self._window
         if w is None or not w.start <= start <= stop <= w.stop:
             self._materialize(start, stop)

@@ -197,7 +197,7 @@ class TextRows:
     def _view(self, start: int, stop: int):
         """A file in which rows [start, stop)'s bytes can be read (see sources)."""
         if stop <= start:
-            return self.source.view(0, 0)
+            return self.source.view(0, 0)  # reads nothing
         return self.source.view(int(self._starts[start]), int(self._ends[stop - 1]))
 
     def _parts(self, start: int, stop: int, budget: int) -> Iterator[tuple[int, int]]:
