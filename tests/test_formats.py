@@ -288,3 +288,34 @@ def test_an_empty_range_leaves_the_stream_where_it_is(tmp_path):
     reader.read(30, 40)
     position = reader.source._stream.position
     assert reader.read(5, 5) == [] and reader.source._stream.position == position
+
+
+def test_hdf5_kept_datasets_are_read_with_the_rows(tmp_path):
+    import h5py
+
+    from hpcinfer.io.hdf5_input import open_hdf5
+
+    path = tmp_path / "in.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("text", data=["a", "bé", "c"], dtype=h5py.string_dtype())
+        f["id"] = np.array([7, 8, 9], np.int32)
+        f.create_dataset("name", data=[b"x", b"caf\xc3\xa9", b"z"])  # fixed-length bytes
+        f["short"] = np.zeros(2)
+        f.create_dataset("ids", (3,), dtype=h5py.vlen_dtype(np.int64))
+        f.create_dataset("bad", data=[b"ok", b"b\xffd", b"z"])
+    reader = open_hdf5(path, "text", ("id", "name"))
+    OPENED.append(reader)
+    batch = reader.read_batch(1, 3)
+    assert batch.rows == ["bé", "c"] and list(batch.kept["id"]) == [8, 9]
+    assert batch.kept["name"] == ["café", "z"] and reader.kinds["id"] == {"<i4": (0, f"{path}:id")}
+    for keep, message in [
+        ("short", r"in\.h5:short has shape \(2,\): a kept dataset needs one row per input row"),
+        ("ids", r"in\.h5:ids has dtype object .* hpcinfer keeps numbers, booleans and texts"),
+        ("nope", r"in\.h5:nope: no such dataset to keep"),
+    ]:
+        with pytest.raises(JobError, match=message):
+            open_hdf5(path, "text", (keep,))
+    bad = open_hdf5(path, "text", ("bad",))
+    OPENED.append(bad)
+    with pytest.raises(JobError, match=r"in\.h5:bad\[1\]: not valid UTF-8 \(byte 2\)"):
+        bad.validate(range(3))
