@@ -13,6 +13,7 @@ import sys
 
 from hpcinfer import __version__
 from hpcinfer.errors import Agreed, JobError
+from hpcinfer.job import describe_keys
 from hpcinfer.parallel.runtime import launcher_rank
 
 DESCRIPTION = """\
@@ -23,24 +24,9 @@ its own block of chunks, and rank 0 writes one HDF5 file with every result in in
 """
 
 RUN_EPILOG = """\
-job file (TOML; relative paths are resolved against the job file's folder):
-  [model]  path        model folder: config.json + model.safetensors
-  [input]  path        HDF5 file;  dataset = name of the dataset (rows along axis 0)
-  [output] path        HDF5 file written at the end (datasets named by the model,
-                       e.g. "outputs" (N, classes) for an MLP), with attributes
-                       recording version, model + weight hash, input, job and layout
-  [run]    backend     numpy | jax | cupy                      (default numpy)
-           batch_size  rows per forward pass                  (default 256)
-           chunk_size  rows per chunk, the unit of scheduling  (default 2048)
-           dtype       float32 | float64                       (default float32)
-           threads     BLAS/XLA threads per rank; 0 = cores on the node / ranks
-                       on the node (default 0; env HPCINFER_THREADS also works)
-           balance     steal | static (default steal): DP groups that run out of
-                       chunks take half of another group's remaining chunks
-           tp          tensor-parallel group size (default 1): every weight matrix
-                       is split over tp consecutive ranks; must divide the rank count
-           tp_comm     how tensors cross the TP group (default auto): numpy: mpi;
-                       jax: host | mpi4jax; cupy: host | mpi (CUDA-aware) | nccl
+job file (TOML; relative paths are resolved against the job file's folder; every key,
+its default and meaning):
+{keys}
 
 resuming: finished chunks are durable and journalled in OUTPUT.partial/; running the
 same job again after an interruption (kill, crash, time limit) does only what is left,
@@ -103,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run a job file (under mpirun for several ranks)",
         description="Run a job: every rank of the MPI launch computes its share of the rows.",
-        epilog=RUN_EPILOG,
+        epilog=RUN_EPILOG.format(keys=describe_keys()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("job", help="the job file (TOML)")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hpcinfer.checkpoint.chunk_files import ChunkFile, ChunkStore
+from hpcinfer.checkpoint.columns import Column, output_columns, specs, stored
 from hpcinfer.checkpoint.journal import ChunkRun, JournalWriter, Progress
 from hpcinfer.checkpoint.writer import ChunkWriter
 from hpcinfer.errors import BadRow, DiskError, JobError, RunError
@@ -97,17 +98,19 @@ def compute_pending(
     rt.comm.Barrier()
     epoch = rt.comm.bcast(time.time(), root=0)  # chunk log times are seconds since this
     # rows per batch (numeric rows), or padded tokens per batch (texts)
-    batch = run.batch_size if plan.model.input_kind is InputKind.ROWS else settings_tokens(plan)
+    size = run.batch_size if plan.model.input_kind is InputKind.ROWS else settings_tokens(plan)
     t_loop, timers, error = time.perf_counter(), Timers(), None
     stream = iter(claims)
     for done, position in enumerate(stream):
         chunk = plan.chunks[pending[position]]
         t_chunk, start = time.perf_counter(), time.time() - epoch
         hooks.before_chunk(rt.rank, done, chunk, plan.n_rows)
-        sink = None if writer is None else store.create(chunk.index, chunk.rows, plan.model.outputs)
+        sink = None
+        if writer is not None:
+            sink = store.create(chunk.index, chunk.rows, specs(plan.columns))
         try:
             timers.io += compute_chunk(
-                plan.model, plan.reader, chunk, batch, sink, hooks,
+                plan.model, plan.reader, chunk, size, sink, hooks, plan.columns,
                 progress.add if writer is not None else None,
             )  # fmt: skip
             if writer is not None:
@@ -149,48 +152,53 @@ def compute_chunk(
     model: Model,
     reader: Reader,
     chunk: Chunk,
-    batch: int,
+    size: int,
     sink: ChunkFile | None,
     hooks: Hooks = NO_HOOKS,
+    columns: dict[str, Column] | None = None,
     on_rows: Callable[[int], None] | None = None,
 ) -> float:
-    """Compute the chunk's rows a batch at a time (`batch` rows, or for texts `batch`
-    padded tokens), each batch's outputs written into `sink` as soon as they exist (None:
-    a TP rank that computes but does not write); `on_rows(n)` after each batch (progress).
+    """Compute the chunk's rows a batch at a time (`size` rows, or for texts `size` padded
+    tokens), each batch's outputs written into `sink` as soon as they exist (None: a TP
+    rank that computes but does not write), as `columns` say (named and cast; the kept
+    columns' values from the same read; None: the model's outputs as they are);
+    `on_rows(n)` after each batch (live progress).
     A failure discards the unfinished file. A failed write (a full disk) does not stop
     the batches: the TP group computes them together, and a leader that left early would
     leave its members waiting in a collective; the error is raised after the chunk.
     Returns the seconds spent reading input and writing outputs.
     """
     io, failed = Stopwatch(), None
+    columns = columns or output_columns(model.outputs, {}, "auto", {}, "")
     try:
         if model.input_kind is InputKind.ITEMS:  # the model batches them by length
             with io:
-                items = reader.read(chunk.start, chunk.stop)
+                batch = reader.read_batch(chunk.start, chunk.stop)
             try:
-                result = model.predict_items(items, batch, on_rows)
+                result = model.predict_items(batch.rows, size, on_rows)
             except BadRow as e:
                 raise JobError(f"{reader.where(chunk.start + e.index)}: {e.message}") from None
             if sink is not None:
                 with io:
-                    sink.write_rows(0, result)
+                    sink.write_rows(0, stored(columns, result, batch.kept))
                 hooks.chunk_file_started()
             return io.seconds
-        for b0 in range(0, chunk.rows, batch):
+        for b0 in range(0, chunk.rows, size):
             with io:
-                rows = reader.read(chunk.start + b0, chunk.start + min(b0 + batch, chunk.rows))
-            outputs = model.predict(rows)
+                stop = chunk.start + min(b0 + size, chunk.rows)
+                batch = reader.read_batch(chunk.start + b0, stop)
+            outputs = model.predict(batch.rows)
             if on_rows is not None:
-                on_rows(len(rows))
+                on_rows(len(batch.rows))
             if sink is not None and failed is None:
                 try:
                     with io:
-                        sink.write_rows(b0, outputs)
+                        sink.write_rows(b0, stored(columns, outputs, batch.kept))
                 except RunError as e:  # the file is discarded already
                     failed = e
                 if b0 == 0:
                     hooks.chunk_file_started()
-            del rows, outputs  # written: the next batch's peak must not include them
+            del batch, outputs  # written: the next batch's peak must not include them
     except BaseException:
         if sink is not None:
             sink.discard()

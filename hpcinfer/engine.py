@@ -22,6 +22,7 @@ import numpy as np
 
 from hpcinfer.checkpoint.assemble import assemble_output, match_privacy
 from hpcinfer.checkpoint.chunk_files import ChunkStore
+from hpcinfer.checkpoint.columns import specs, stored_type
 from hpcinfer.checkpoint.journal import ChunkRecord, ChunkRun
 from hpcinfer.checkpoint.lock import RunLock
 from hpcinfer.checkpoint.state import ResumeState, Start, remove_partial_run
@@ -66,6 +67,13 @@ def run_job(
     t0 = time.perf_counter()
     options = options or RunOptions()
     plan = validated_plan(job, rt)
+    try:
+        return run_plan(plan, rt, options, hooks, t0)
+    finally:
+        plan.reader.close()  # (compute_pending closed it already where it ran)
+
+
+def run_plan(plan: Plan, rt: Runtime, options: RunOptions, hooks: Hooks, t0: float) -> Outcome:
     if options.dry_run:
         print_dry_run(plan, rt)
         return Outcome(0)
@@ -145,9 +153,10 @@ def finish(
     hooks.before_assembly()
     try:
         store = ChunkStore(plan.partial_dir)
+        encodings = {n: c.encoding for n, c in plan.columns.items() if c.encoding}
         assemble_output(
-            plan.job.output.path, store, plan.chunks, plan.n_rows, plan.model.outputs, attrs,
-            {"chunks": log},
+            plan.job.output.path, store, plan.chunks, plan.n_rows, specs(plan.columns), attrs,
+            {"chunks": log}, encodings,
         )  # fmt: skip
     except RunError as e:  # a full disk (75) or a failing one (1): the chunks are kept
         return Outcome(e.exit_code, f"hpcinfer: error: {e}")
@@ -180,8 +189,8 @@ def report(
 ) -> None:
     """The closing lines; rows/s counts only the rows this run computed."""
     shapes = ", ".join(
-        f"{name} {(plan.n_rows, *o.shape)} {np.dtype(o.dtype).name}"
-        for name, o in plan.model.outputs.items()
+        f"{name} {(plan.n_rows, *c.spec.shape)} {c.encoding or stored_type(c)}"
+        for name, c in plan.columns.items()
     )
     grid, new = plan.grid, plan.n_rows - resumed_rows
     resumed = f", {resumed_rows:,} of them by earlier runs" if resumed_rows else ""

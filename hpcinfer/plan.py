@@ -8,22 +8,25 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from hpcinfer.backends import get_backend
+from hpcinfer.checkpoint.columns import Column, output_columns
 from hpcinfer.checkpoint.lock import lock_path_for
-from hpcinfer.checkpoint.state import partial_dir_for
+from hpcinfer.checkpoint.state import our_partial_dir, partial_dir_for
 from hpcinfer.errors import JobError
+from hpcinfer.io import keep as kept_columns
 from hpcinfer.io.inputs import Reader, open_input
 from hpcinfer.job import Job
-from hpcinfer.models import InputKind, Model, family_of, load_model, read_config
+from hpcinfer.models import InputKind, Model, OutputSpec, family_of, load_model, read_config
 from hpcinfer.parallel.comm import collectives_for, resolve_tp_comm
 from hpcinfer.parallel.grid import Grid, check_tp
 from hpcinfer.parallel.partition import split_range
 from hpcinfer.parallel.runtime import Runtime, agree
 from hpcinfer.schedule.chunks import Chunk, make_chunks
-from hpcinfer.settings import Settings, resolve
+from hpcinfer.settings import Settings
+from hpcinfer.settings import resolve as resolve_settings
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class Plan:
     reader: Reader
     chunks: list[Chunk]
     partial_dir: Path  # where finished chunks live until the final file is assembled
+    columns: dict[str, Column]  # the output's datasets: model outputs and kept columns
 
     @property
     def n_rows(self) -> int:
@@ -58,6 +62,17 @@ def validated_plan(job: Job, rt: Runtime) -> Plan:
         error = e
     agree(rt, error)
     assert plan is not None  # agree() raised otherwise
+    if plan.reader.keep:  # kept columns' types, from every rank's share
+        notes = rt.comm.allgather(plan.reader.kinds)
+        try:
+            plan = replace(plan, columns=plan_columns(job, plan.model, plan.reader, notes))
+        except JobError as e:
+            error = e
+        try:
+            agree(rt, error)
+        except JobError:
+            plan.reader.close()
+            raise
     return plan
 
 
@@ -78,16 +93,39 @@ def check_output_path(job: Job, reader: Reader) -> None:
     """The output (and its .partial folder and .lock) may be created, and never aliases a
     file the job reads: compared by resolved path and by device and inode, so `..`, `//`,
     symlinks and hard links are all caught."""
+    check_output_place(job)
+    check_no_alias(job, reader)
+
+
+def check_output_place(job: Job) -> None:
+    """The output's folder exists or can be made, is writable, and takes its name and
+    the names hpcinfer puts beside it."""
     out, where = job.output.path, f"{job.source}: output.path {job.output.path}"
+    _exists(out, where)  # a name too long, a loop: one line
     if out.is_dir():
         raise JobError(f"{where} is a folder; expected a file path")
     parent = out.parent
-    while not parent.exists():
+    while not _exists(parent, where):
+        if os.path.lexists(parent):
+            raise JobError(f"{where}: {parent} is a symbolic link to nothing")
         parent = parent.parent
     if not parent.is_dir():
         raise JobError(f"{where}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise JobError(f"{where}: folder {parent} is not writable")
+    name_max = _name_max(parent)
+    longest = len(os.fsencode(out.name)) + NAME_EXTRA
+    if longest > name_max:
+        raise JobError(
+            f"{where}: the file name is {longest - NAME_EXTRA} bytes long; at most "
+            f"{name_max - NAME_EXTRA} can be used here (hpcinfer writes OUTPUT.partial, "
+            "OUTPUT.lock and temporary names of up to 45 bytes more beside it)"
+        )
+
+
+def check_no_alias(job: Job, reader: Reader) -> None:
+    """The output, its .partial folder and .lock are none of the files the job reads."""
+    out, where = job.output.path, f"{job.source}: output.path {job.output.path}"
     model = job.model.path
     read = [job.source, *reader.sources(), model]
     if model.is_dir():
@@ -101,6 +139,29 @@ def check_output_path(job: Job, reader: Reader) -> None:
     real_model = os.path.realpath(model)
     if model.is_dir() and os.path.realpath(out).startswith(real_model + os.sep):
         raise JobError(f"{where} is inside the model folder {model}; choose another place")
+
+
+# The longest name hpcinfer derives from the output's: .assembling-<32 hex>-NAME
+NAME_EXTRA = 45
+
+
+def _exists(path: Path, where: str) -> bool:
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return False
+    except NotADirectoryError:  # a file on the way: the loop reaches it
+        return False
+    except OSError as e:  # a name too long, a loop of symbolic links, no permission
+        raise JobError(f"{where}: {path}: {e.strerror or e}") from None
+    return True
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
 
 
 def _stat(path: Path) -> os.stat_result | None:
@@ -119,7 +180,7 @@ def check_input_fits(job: Job, model: Model, reader: Reader) -> None:
             f"{job.source}: the model {job.model.path} reads {wants.value}, but "
             f"input.path {reader.path} holds {what}"
         )
-    if reader.items and reader.kind in ("text", "hdf5 texts") and not model.reads_texts:
+    if reader.items and reader.texts_only and not model.reads_texts:
         raise JobError(
             f"{reader.path} holds texts, but the model folder {job.model.path} has no "
             "tokenizer (tokenizer.json, vocab.json + merges.txt, or vocab.txt): give token "
@@ -144,14 +205,42 @@ def check_rows(job: Job, model: Model, reader: Reader, rank: int, size: int) -> 
     reader.validate(split_range(reader.n_rows, rank, size))
 
 
-def make_plan(job: Job, grid: Grid, local_rank: int = 0, rank: int = 0, size: int = 1) -> Plan:
+def plan_columns(
+    job: Job,
+    model: Model,
+    reader: Reader,
+    notes: list[dict[str, kept_columns.Kinds]],
+    strict: bool = True,
+) -> dict[str, Column]:
+    """The output's datasets; `notes` are every rank's kinds of the kept columns (not
+    `strict`: one rank's, whose mixed kinds validated_plan reports from all ranks' notes,
+    so the message does not depend on the rank count)."""
+    kept = {}
+    for name in reader.keep:
+        kind = kept_columns.merge(name, [n[name] for n in notes], strict)
+        shape, dtype = kept_columns.kind_spec(kind)
+        kept[name] = OutputSpec(shape, dtype)
+    datasets, dtype = job.output.datasets, job.output.dtype
+    return output_columns(model.outputs, datasets, dtype, kept, str(job.source))
+
+
+def make_plan(
+    job: Job,
+    grid: Grid,
+    local_rank: int = 0,
+    rank: int = 0,
+    size: int = 1,
+) -> Plan:
     """Validate `job` end to end and load this rank's shard of the model; `rank` of `size`
-    (world) checks its share of the input rows."""
-    reader = open_input(job)
+    (world) checks its share of the input rows (the kept columns' types are this rank's:
+    validated_plan merges every rank's)."""
+    kept_columns.check_names(job.output.keep, str(job.source))
+    check_output_place(job)
+    reader = open_input(job, our_partial_dir(job.output.path))
     try:
-        check_output_path(job, reader)
+        check_no_alias(job, reader)
         family = family_of(job.model.path, read_config(job.model.path))
-        settings = resolve(job, reader.n_rows, reader.items, family.fast_backend == "jax")
+        settings = resolve_settings(job, reader.n_rows, reader.items, family.fast_backend == "jax")
         backend = get_backend(settings.backend, job.run.dtype, local_rank)
         tp_comm = resolve_tp_comm(settings.backend, job.run.tp_comm)
         tp = collectives_for(grid.tp_group, settings.backend, tp_comm)
@@ -165,6 +254,7 @@ def make_plan(job: Job, grid: Grid, local_rank: int = 0, rank: int = 0, size: in
         )
         check_input_fits(job, model, reader)
         check_rows(job, model, reader, rank, size)
+        columns = plan_columns(job, model, reader, [reader.kinds], strict=False)
         chunks = make_chunks(reader.n_rows, settings.chunk_size)
         if len(chunks) >= 2**31:
             raise JobError(
@@ -175,4 +265,4 @@ def make_plan(job: Job, grid: Grid, local_rank: int = 0, rank: int = 0, size: in
         reader.close()
         raise
     partial = partial_dir_for(job.output.path)
-    return Plan(job, grid, tp_comm, settings, model, reader, chunks, partial)
+    return Plan(job, grid, tp_comm, settings, model, reader, chunks, partial, columns)

@@ -88,6 +88,7 @@ def _state(plan: Plan, identity: dict, options: StartOptions) -> ResumeState:
         start_partial_run(folder, identity, n, plan.n_rows)
     else:
         announce_resume(state, plan)
+    plan.reader.save_index(folder)  # a compressed input's index, for the next run to load
     return state
 
 

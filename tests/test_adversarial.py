@@ -1,5 +1,7 @@
 """Bad inputs, as users and adversaries make them: broken job files, inputs (HDF5, JSONL,
-text) and model folders (tiny-gpt2 and digits-mlp, copied, then one thing broken), and
+text; compressed streams, CSV/TSV, JSON arrays, Parquet, kept columns, output choices and
+output paths that cannot be made: tests/adversarial_formats.py) and model folders
+(tiny-gpt2 and digits-mlp, copied, then one thing broken), and
 `report` / `inspect` on damaged files.
 
 Every case must end the same way: exit code 2, exactly one line on stderr starting
@@ -36,6 +38,7 @@ from tests.adversarial import (
     vlen,
     with_set,
 )
+from tests.adversarial_formats import FORMAT_CASES
 from tests.adversarial_models import MODEL_CASES
 from tests.conftest import DIGITS_JOB
 
@@ -95,7 +98,7 @@ CASES = [
     ),
     Case(
         "h5-text-for-mlp",
-        with_set("input.path='{job}'"),
+        with_set("input.path='{job}'", "input.format='text'"),
         "reads numeric rows (HDF5), but input.path",
     ),
     Case(
@@ -207,6 +210,7 @@ CASES = [
         "corpus.jsonl:1: a text, but the model folder has no tokenizer",
     ),
     *MODEL_CASES,
+    *FORMAT_CASES,
 ]
 
 

@@ -170,7 +170,7 @@ def test_help_describes_the_job_file():
     assert p.returncode == 0 and "run" in p.stdout
 
 
-def mpi_pytest(target: str, n: int, timeout: float = 180, test_timeout: int = 60):
+def mpi_pytest(target: str, n: int, timeout: float = 300, test_timeout: int = 60):
     """`mpiexec -n N python -m pytest TARGET`, each test bounded by pytest-timeout.
 
     The thread method is the one that works here: a rank stuck inside an MPI call never

@@ -35,18 +35,20 @@ def assemble_output(
     outputs: dict[str, OutputSpec],
     attrs: dict[str, Any],
     run_records: dict[str, np.ndarray] | None = None,
+    encodings: dict[str, str] | None = None,
 ) -> dict[str, int]:
     """Copy every chunk's results into datasets of `n_rows` rows, then publish the file.
 
-    `run_records` are written under the group `run/` (e.g. run/chunks, the chunk log).
+    `run_records` are written under the group `run/` (e.g. run/chunks, the chunk log);
+    `encodings` name outputs stored as raw bits (columns.BFLOAT16).
     Room is checked first; the file is written by a separate process
     (hpcinfer.checkpoint.output_writer), so a failing disk cannot crash this one; any
     failure removes the unfinished file and leaves the chunk files as they are: the same
     command completes the job once the cause is gone. Returns, per output, how many rows
     hold a non-finite value.
     """
-    needed = sum(n_rows * o.row_bytes for o in outputs.values()) + ASSEMBLY_OVERHEAD
-    check_room(store.folder, needed, final_path)
+    chunks = list(chunks)
+    check_room(store.folder, needed_bytes(store, chunks, n_rows, outputs), final_path)
     stem = store.folder / f".assembling-{uuid.uuid4().hex}"
     tmp = stem.with_name(f"{stem.name}-{final_path.name}")
     records = {}
@@ -59,6 +61,7 @@ def assemble_output(
         "chunks": [(c.index, c.start, c.stop) for c in chunks],
         "n_rows": n_rows,
         "outputs": {k: [list(o.shape), np.dtype(o.dtype).str] for k, o in outputs.items()},
+        "encodings": encodings or {},
         "attrs": attrs,
         "records": records,
     }
@@ -105,6 +108,20 @@ def room_left(folder: Path) -> int:
 
 
 ASSEMBLY_OVERHEAD = 4 * 2**20  # HDF5 metadata, the run log and attributes, generously
+TEXT_ROW_OVERHEAD = 32  # bytes per variable-length string in HDF5 (heap id, heap object)
+
+
+def needed_bytes(
+    store: ChunkStore, chunks: Iterable[Chunk], n_rows: int, outputs: dict[str, OutputSpec]
+) -> int:
+    """Room the output needs: fixed-size rows, plus, for texts, what their chunk files
+    hold (the texts themselves) and HDF5's cost per string."""
+    texts = [o for o in outputs.values() if np.dtype(o.dtype) == np.dtype(object)]
+    fixed = sum(n_rows * o.row_bytes for o in outputs.values() if o not in texts)
+    if texts:
+        held = sum(store.path(c.index).stat().st_size for c in chunks)
+        fixed += held + len(texts) * n_rows * TEXT_ROW_OVERHEAD
+    return fixed + ASSEMBLY_OVERHEAD
 
 
 def check_room(folder: Path, needed: int, final_path: Path) -> None:

@@ -7,7 +7,8 @@
     input source <path>  the input file and every file it draws rows from (HDF5 external
                          links, virtual-dataset sources): size and mtime
     input                path, dataset or field, format, rows, row shape and dtype
-    <section.key>        the job settings that change outputs (task, chunk_size, dtype)
+    <section.key>        the job settings that change outputs (task, chunk_size, dtype,
+                         kept columns, dataset names, output dtype)
 
 Backend, batch size, threads, balance and the DP x TP layout are deliberately left out:
 a run may resume on another layout; results then agree within float tolerance
@@ -38,6 +39,9 @@ OUTPUT_SETTINGS = (
     ("input", "field"),
     ("run", "chunk_size"),
     ("run", "dtype"),
+    ("output", "keep"),
+    ("output", "datasets"),
+    ("output", "dtype"),
 )
 
 

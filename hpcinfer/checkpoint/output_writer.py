@@ -8,8 +8,10 @@ only take this writer down; the run reports one line and keeps its chunk files. 
 would be cheaper, but a rank running JAX is multithreaded, where fork is unsafe.)
 
 The request names the temporary file, the chunk folder, the chunks (index, start, stop),
-the outputs (name -> row shape, dtype), the attributes (JSON) and the run records (a .npy
-beside the request). The answer, on stdout, is one JSON line: {"ok": {dataset: rows with
+the outputs (name -> row shape, dtype; dtype object: UTF-8 texts, written as
+variable-length strings), their encodings (name -> "bfloat16": raw bits, said in the
+dataset's `hpcinfer_dtype` attribute), the attributes (JSON) and the run records (a
+.npy beside the request). The answer, on stdout, is one JSON line: {"ok": {dataset: rows with
 a non-finite value}} or {"error": text, "full": bool}. A failed write is answered at once
 and the process leaves with os._exit, before anything can release the broken file.
 """
@@ -26,6 +28,7 @@ import h5py
 import numpy as np
 
 from hpcinfer.checkpoint.chunk_files import ChunkStore
+from hpcinfer.checkpoint.columns import TEXT, nonfinite_rows
 from hpcinfer.errors import DiskError
 
 DISK_FULL_TEXT = ("No space left", "Disk quota", "File too large")
@@ -37,20 +40,21 @@ def write(request: dict[str, Any]) -> dict[str, int]:
     outputs = {
         name: (tuple(shape), np.dtype(dt)) for name, (shape, dt) in request["outputs"].items()
     }
+    encodings = request.get("encodings", {})
     nonfinite = dict.fromkeys(outputs, 0)
     f = h5py.File(tmp, "w")  # no `with`: closing a file after a failed write crashes HDF5
-    datasets = {
-        name: f.create_dataset(name, shape=(request["n_rows"], *shape), dtype=dtype)
-        for name, (shape, dtype) in outputs.items()
-    }
+    datasets = {}
+    for name, (shape, dtype) in outputs.items():
+        stored = h5py.string_dtype("utf-8") if dtype == TEXT else dtype
+        datasets[name] = f.create_dataset(name, shape=(request["n_rows"], *shape), dtype=stored)
+        if encodings.get(name):
+            datasets[name].attrs["hpcinfer_dtype"] = encodings[name]
     for index, start, stop in request["chunks"]:
         arrays = store.read(index)
         for name, ds in datasets.items():
             values = arrays[name]
             ds[start:stop] = values
-            if np.issubdtype(values.dtype, np.floating):
-                bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
-                nonfinite[name] += int(bad.sum())
+            nonfinite[name] += nonfinite_rows(values, encodings.get(name, ""))
     for name, path in request["records"].items():
         f.create_dataset(f"run/{name}", data=np.load(path))
     for key, value in {**request["attrs"], "rows_nonfinite": nonfinite}.items():

@@ -19,8 +19,10 @@ import h5py
 import numpy as np
 
 from hpcinfer.errors import JobError
+from hpcinfer.io import keep as kept_columns
 from hpcinfer.io.file_checks import available_memory_bytes, error_text, human_bytes
 from hpcinfer.io.text_cut import TextCut
+from hpcinfer.io.text_input import Batch
 
 VALIDATE_ROWS = 4096  # items decoded at a time by validate()
 INT64_MAX = 2**63 - 1
@@ -96,7 +98,9 @@ def item_kind(dtype: np.dtype) -> str | None:
     return None
 
 
-def open_hdf5(path: Path, dataset: str) -> Hdf5Rows | Hdf5Items:
+def open_hdf5(path: Path, dataset: str, keep: tuple[str, ...] = ()) -> Hdf5Rows | Hdf5Items:
+    """The reader for `dataset`; `keep` names datasets of the same file, one row per
+    input row, copied to the output (output.keep)."""
     file, node = _open_dataset(Path(path), dataset)
     try:
         sources = _source_files(Path(path), file, dataset, node)
@@ -104,13 +108,22 @@ def open_hdf5(path: Path, dataset: str) -> Hdf5Rows | Hdf5Items:
         file.close()
         raise
     kind = Hdf5Items if item_kind(node.dtype) is not None else Hdf5Rows
-    return kind(Path(path), dataset, file, node, sources)
+    reader = kind(Path(path), dataset, file, node, sources)
+    try:
+        for name in keep:
+            reader.add_kept(name)
+    except BaseException:
+        reader.close()
+        raise
+    return reader
 
 
 class Hdf5Rows:
     """Row slices of a dataset of numbers; the file stays open read-only for the run."""
 
     items = False
+    codec = None
+    texts_only = False
 
     def __init__(
         self, path: Path, dataset: str, file: h5py.File, node: h5py.Dataset, sources: list[Path]
@@ -127,16 +140,85 @@ class Hdf5Rows:
         self.n_rows = int(node.shape[0])
         self.row_shape = tuple(int(s) for s in node.shape[1:])
         self.dtype = node.dtype
+        self._init_keep()
+
+    def _init_keep(self) -> None:
+        self.keep: tuple[str, ...] = ()
+        self.kinds: dict[str, kept_columns.Kinds] = {}
+        self._kept: dict[str, tuple[h5py.Dataset, bool]] = {}  # name -> (data, texts?)
+
+    def add_kept(self, name: str) -> None:
+        """Keep dataset `name` of this file: one row per input row, numbers or texts."""
+        where = f"{self.path}:{name}"
+        try:
+            node = self._file.get(name)
+            shape, dtype = (node.shape, node.dtype) if isinstance(node, h5py.Dataset) else (0, 0)
+        except H5_ERRORS as e:
+            raise JobError(f"{where}: HDF5 cannot read it (damaged?): {error_text(e)}") from None
+        if not isinstance(node, h5py.Dataset):
+            raise JobError(f"{where}: no such dataset to keep (output.keep)")
+        if len(shape) < 1 or shape[0] != self.n_rows:
+            raise JobError(
+                f"{where} has shape {shape}: a kept dataset needs one row per input row "
+                f"({self.n_rows}) (output.keep)"
+            )
+        texts = h5py.check_string_dtype(dtype) is not None
+        if texts and len(shape) == 1:
+            kind, data = "str", node.asstr(encoding="utf-8", errors="surrogateescape")
+        elif not texts and (np.issubdtype(dtype, np.number) or dtype == np.bool_):
+            kind, data = kept_columns.dtype_kind(dtype, shape[1:]), node
+        else:
+            raise JobError(
+                f"{where} has dtype {dtype} and shape {shape}; hpcinfer keeps numbers, "
+                "booleans and texts (one per row) (output.keep)"
+            )
+        self.keep += (name,)
+        self.kinds[name] = {kind: (0, where)}
+        self._kept[name] = (data, texts)
+
+    def read_batch(self, start: int, stop: int) -> Batch:
+        """Rows [start, stop), and the kept datasets' rows."""
+        kept = {}
+        for name, (data, texts) in self._kept.items():
+            try:
+                values = data[start:stop]
+            except H5_ERRORS as e:
+                raise JobError(
+                    f"{self.path}:{name}[{start}]..[{stop - 1}]: HDF5 cannot read these rows "
+                    f"(damaged or truncated file?): {error_text(e)}"
+                ) from None
+            if texts:
+                values = list(values)
+                for i, text in enumerate(values):
+                    where = f"{self.path}:{name}[{start + i}]"
+                    _check_utf8(text, where)
+                    kept_columns.check_text(text, name, where)
+            kept[name] = values
+        return Batch(self.read(start, stop), kept)
+
+    def _validate_kept(self, rows: range) -> None:
+        if any(texts for _, texts in self._kept.values()):
+            for start in range(rows.start, rows.stop, VALIDATE_ROWS):
+                self.read_batch(start, min(rows.stop, start + VALIDATE_ROWS))
 
     def where(self, i: int) -> str:
         return f"{self.path}:{self.dataset}[{i}]"
+
+    def describe(self) -> dict[str, object]:
+        rows = self.kind[5:] if self.items else "numbers"
+        facts = {"format": "hdf5", "dataset": self.dataset, "rows": rows}
+        return {**facts, "keep": list(self.keep)} if self.keep else facts
+
+    def save_index(self, folder: Path) -> None:
+        """HDF5 needs no index."""
 
     def sources(self) -> list[Path]:
         """The files the rows come from (the identity of the input covers each)."""
         return self._sources
 
     def validate(self, rows: range) -> None:
-        """Numbers need no parsing: HDF5 types them."""
+        """Numbers need no parsing: HDF5 types them (kept texts are checked)."""
+        self._validate_kept(rows)
 
     def set_cut(self, cut: TextCut) -> None:
         """Rows of numbers are never cut."""
@@ -197,11 +279,13 @@ class Hdf5Items(Hdf5Rows):
         self.n_rows = int(node.shape[0])
         self.row_shape = ()
         self.dtype = node.dtype
+        self.texts_only = self._texts
+        self._init_keep()
 
     def validate(self, rows: range) -> None:
-        """Read and check every item of `rows`, VALIDATE_ROWS at a time."""
+        """Read and check every item of `rows` (and kept texts), VALIDATE_ROWS at a time."""
         for start in range(rows.start, rows.stop, VALIDATE_ROWS):
-            self.read(start, min(rows.stop, start + VALIDATE_ROWS))
+            self.read_batch(start, min(rows.stop, start + VALIDATE_ROWS))
 
     def read(self, start: int, stop: int) -> list[Any]:
         """Items [start, stop): str for texts, int64 arrays for token ids."""
@@ -211,9 +295,7 @@ class Hdf5Items(Hdf5Rows):
             raise self._unreadable(start, stop, e) from None
         if self._texts:
             for i, text in enumerate(values):
-                if _SURROGATE.search(text):  # an undecodable byte, escaped by surrogateescape
-                    column = len(text[: _SURROGATE.search(text).start()].encode("utf-8")) + 1
-                    raise JobError(f"{self.where(start + i)}: not valid UTF-8 (byte {column})")
+                _check_utf8(text, self.where(start + i))
             return list(values)
         out = []
         for i, ids in enumerate(values):
@@ -222,3 +304,10 @@ class Hdf5Items(Hdf5Rows):
             # Ids outside the vocabulary (negative ones too) are the model's to refuse.
             out.append(ids.astype(np.int64, copy=False))
         return out
+
+
+def _check_utf8(text: str, where: str) -> None:
+    """A text read with surrogateescape: an escaped (undecodable) byte is an error."""
+    if (m := _SURROGATE.search(text)) is not None:
+        column = len(text[: m.start()].encode("utf-8")) + 1
+        raise JobError(f"{where}: not valid UTF-8 (byte {column})")

@@ -64,8 +64,10 @@ class LineError(ValueError):
 class FieldValue:
     """What the line holds under `field`, cut as asked."""
 
-    kind: str  # "text", "ids", "missing" (no such key, or not an object), "other"
-    value: str | list[int] | None  # the text's or the ids' start; None otherwise
+    # "text", "ids", "scalar" (a number, true, false, null), "missing" (no such key, or
+    # not an object), "other"
+    kind: str
+    value: object  # the text's or the ids' start, a scalar's value; None otherwise
     complete: bool  # `value` is the whole value
     brief: str  # the value as written, its first characters (for messages)
     offset: int = -1  # a text's opening quote, bytes into the line (for `read_string`)
@@ -217,7 +219,7 @@ class _Scanner:
             return "after"
         token = self.number() or self.literal()
         if is_field:
-            self.found = FieldValue("other", None, True, brief)
+            self.found = _scalar(token, brief)
         elif in_ids:
             self.add_id(token)
         return "after"
@@ -343,6 +345,13 @@ class _Scanner:
             raise self.fail("Expecting value")
         self.pos = m.end()
         return m.group()
+
+
+def _scalar(token: bytes, brief: str) -> FieldValue:
+    try:
+        return FieldValue("scalar", json.loads(token), True, brief)
+    except ValueError:  # an int of over 4300 digits: no use to anyone
+        return FieldValue("other", None, True, brief)
 
 
 class _Next:

@@ -6,6 +6,7 @@ import contextlib
 
 import numpy as np
 
+from hpcinfer.checkpoint.columns import stored_type
 from hpcinfer.checkpoint.identity import job_identity
 from hpcinfer.checkpoint.lock import lock_path_for, read_holder
 from hpcinfer.checkpoint.state import ResumeState, Start, resume_state
@@ -60,7 +61,7 @@ def print_dry_run(plan: Plan, rt: Runtime) -> None:
     if rt.rank != 0:
         return
     blocks = [len(split_range(len(plan.chunks), g, grid.dp_size)) for g in range(grid.dp_size)]
-    out_bytes = sum(o.row_bytes for o in model.outputs.values())
+    out_bytes = sum(c.spec.row_bytes for c in plan.columns.values())
     row_bytes = 0  # texts: token ids, small next to the activations
     results_rows = settings.chunk_size  # texts: a chunk's outputs are written at its end
     batch = settings.max_batch_tokens  # texts: a batch is this many (padded) tokens
@@ -76,8 +77,8 @@ def print_dry_run(plan: Plan, rt: Runtime) -> None:
         f"  input   {where(plan)}, {describe_reader(plan.reader)}\n"
         f"  output  {job.output.path}: "
         + ", ".join(
-            f"{n} {(plan.n_rows, *o.shape)} {np.dtype(o.dtype).name}"
-            for n, o in model.outputs.items()
+            f"{n} {(plan.n_rows, *c.spec.shape)} {stored_type(c)}" + (" (kept)" if c.kept else "")
+            for n, c in plan.columns.items()
         )
         + f"\n  layout  {rt.size} rank(s) = {grid.dp_size} DP group(s) x tp {grid.tp}, "
         f"{rt.threads} thread(s) per rank, {settings.describe()}, tp_comm {plan.tp_comm}, "

@@ -3,7 +3,8 @@ for people who live in pandas, Spark or jq.
 
 Every top-level dataset becomes a column, rows in the same order: a scalar per row stays
 a scalar, a vector per row becomes a list (Parquet: a fixed-size list), strings stay
-strings. Rows are read and written a block at a time, so memory does not grow with the
+strings, and a bfloat16 output (raw bits, `hpcinfer_dtype = "bfloat16"`) becomes its
+float32 values. Rows are read and written a block at a time, so memory does not grow with the
 file. Written under a temporary name and renamed: the target is whole or absent.
 JSON has no NaN or infinity: those become null in JSONL (Parquet keeps them).
 """
@@ -21,6 +22,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from hpcinfer.checkpoint.columns import BFLOAT16, bfloat16_values
 from hpcinfer.errors import JobError
 
 FORMATS = ("parquet", "jsonl")
@@ -66,6 +68,8 @@ def blocks(columns: dict[str, h5py.Dataset], n_rows: int) -> Iterator[dict[str, 
 def read(ds: h5py.Dataset, start: int, stop: int) -> np.ndarray:
     if h5py.check_string_dtype(ds.dtype) is not None:
         return np.asarray(ds.asstr()[start:stop], dtype=object)
+    if ds.attrs.get("hpcinfer_dtype") == BFLOAT16:  # raw bits: exported as their values
+        return bfloat16_values(ds[start:stop])
     return ds[start:stop]
 
 

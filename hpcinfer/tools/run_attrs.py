@@ -13,14 +13,9 @@ from hpcinfer.plan import Plan
 
 
 def input_description(reader: Any) -> dict[str, Any]:
-    """What the input really was: its format, and the dataset (HDF5) or field (JSONL)."""
-    if not reader.items:
-        return {"format": "hdf5", "dataset": reader.dataset, "rows": "numbers"}
-    if reader.kind.startswith("hdf5"):
-        return {"format": "hdf5", "dataset": reader.dataset, "rows": reader.kind[5:]}
-    if reader.kind == "jsonl":
-        return {"format": "jsonl", "field": reader.dataset}
-    return {"format": reader.kind}
+    """What the input really was: its format (and compression), and the dataset (HDF5)
+    or field, and the kept columns."""
+    return reader.describe()
 
 
 def balance_summary(metrics: list[dict[str, Any]], wall: float) -> dict[str, float]:
