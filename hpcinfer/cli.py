@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("job", help="the job file (TOML)")
     run.add_argument(
         "--backend",
-        choices=("numpy", "jax", "cupy"),
+        choices=("auto", "numpy", "jax", "cupy"),
         help="shorthand for --set run.backend=NAME",
     )
     run.add_argument("--threads", type=int, help="shorthand for --set run.threads=N")

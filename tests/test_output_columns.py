@@ -254,6 +254,6 @@ def test_run_help_lists_every_job_key_with_its_default(capsys, monkeypatch):
         for field in dataclasses.fields(cls):
             assert f"    {field.name} " in block, (section, field.name)
             assert field.metadata["help"], (section, field.name)
-    for default in ('(default "auto")', "(default 2048)", "(default [])", "(default true)"):
+    for default in ('(default "auto")', "(default 256)", "(default [])", "(default true)"):
         assert default in " ".join(text.split()), default
     assert "exit codes" in text and os.linesep in text
