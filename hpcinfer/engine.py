@@ -193,10 +193,12 @@ def report(
         for name, c in plan.columns.items()
     )
     grid, new = plan.grid, plan.n_rows - resumed_rows
-    resumed = f", {resumed_rows:,} of them by earlier runs" if resumed_rows else ""
+    rows = f"{plan.n_rows:,} rows"
+    if resumed_rows:
+        rows += f", {resumed_rows:,} of them by earlier runs; {new:,} rows"
     print(
-        f"hpcinfer: wrote {plan.job.output.path}: {shapes}; {plan.n_rows:,} rows{resumed}; "
-        f"{new:,} rows in {wall:.2f} s ({new / wall:,.0f} rows/s) on {rt.size} rank(s) "
+        f"hpcinfer: wrote {plan.job.output.path}: {shapes}; {rows} in {wall:.2f} s "
+        f"({new / wall:,.0f} rows/s) on {rt.size} rank(s) "
         f"(dp {grid.dp_size} x tp {grid.tp}) x {rt.threads} thread(s)\n"
         f"hpcinfer: balance {plan.job.run.balance}: imbalance {summary['imbalance']:.3f}, "
         f"efficiency {summary['efficiency']:.1%}, {summary['stolen_chunks']} chunk(s) "
