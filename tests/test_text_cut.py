@@ -18,7 +18,7 @@ from hpcinfer.io.gguf_file import GgufFile
 from hpcinfer.io.text_cut import MARGIN_CHARS, TextPrefix, cut_chars, encode_texts, prepend
 from hpcinfer.io.tokenizer_files import load_tokenizer
 from hpcinfer.models.text import TokenCounts, encode_items
-from tests.conftest import DATA, ROOT
+from tests.conftest import DATA, ROOT, minilm_folder, needs_minilm
 
 FIXTURES = DATA / "fixtures"
 FOLDERS = [
@@ -102,8 +102,9 @@ def test_the_first_max_length_tokens_are_those_of_the_whole_text(source, max_len
     assert got.truncated == sum(bool(w.overflowing) for w in whole)
 
 
+@needs_minilm
 def test_a_reader_prefix_is_read_further_when_the_cut_proves_nothing():
-    tok = load_tokenizer(DATA / "models" / "all-MiniLM-L6-v2", 16)
+    tok = load_tokenizer(minilm_folder(), 16)
     text = " " * 20000 + "the words that matter come after the blanks " * 20
     asked = []
 
@@ -117,8 +118,9 @@ def test_a_reader_prefix_is_read_further_when_the_cut_proves_nothing():
     assert got.truncated == 1
 
 
+@needs_minilm
 def test_a_prompt_before_a_cut_text_reads_further_as_it_should():
-    tok = load_tokenizer(DATA / "models" / "all-MiniLM-L6-v2", 16)
+    tok = load_tokenizer(minilm_folder(), 16)
     text = " " * 20000 + "the words that matter " * 20
 
     def more(n: int):
@@ -182,6 +184,7 @@ def write_huge_line(path, kind: str, mb: int) -> None:
         f.write(first)
 
 
+@needs_minilm
 @pytest.mark.parametrize("kind", ["jsonl", "text"])
 def test_a_300_mb_line_costs_a_few_mb(tmp_path, kind):
     path = tmp_path / f"huge.{kind}"
@@ -193,7 +196,7 @@ def test_a_300_mb_line_costs_a_few_mb(tmp_path, kind):
             textwrap.dedent(RSS_CHILD),
             str(path),
             kind,
-            str(DATA / "models" / "all-MiniLM-L6-v2"),
+            str(minilm_folder()),
         ],
         capture_output=True,
         text=True,
