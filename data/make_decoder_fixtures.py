@@ -58,16 +58,16 @@ QWEN2_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # tiny-qwen2's
 SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CHECK_ROWS = 12  # rows re-computed from the GGUF files by `gguf_numpy_logprobs`
 
-LLAMA = dict(
-    vocab_size=VOCAB,
-    hidden_size=64,
-    intermediate_size=160,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-    max_position_embeddings=256,
-    rope_parameters={
+LLAMA = {
+    "vocab_size": VOCAB,
+    "hidden_size": 64,
+    "intermediate_size": 160,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "max_position_embeddings": 256,
+    "rope_parameters": {
         "rope_type": "llama3",
         "rope_theta": 10000.0,
         "factor": 8.0,
@@ -75,31 +75,31 @@ LLAMA = dict(
         "high_freq_factor": 4.0,
         "original_max_position_embeddings": 32,
     },
-    rms_norm_eps=1e-5,
-    hidden_act="silu",
-    initializer_range=0.2,
-    tie_word_embeddings=False,
-    bos_token_id=0,
-    eos_token_id=1,
-)
-QWEN2 = dict(
-    vocab_size=QWEN2_VOCAB,
-    hidden_size=96,
-    intermediate_size=192,
-    num_hidden_layers=2,
-    num_attention_heads=6,
-    num_key_value_heads=2,
-    head_dim=16,
-    max_position_embeddings=256,
-    rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
-    rms_norm_eps=1e-6,
-    hidden_act="silu",
-    initializer_range=0.2,
-    tie_word_embeddings=True,
-    use_sliding_window=False,
-    bos_token_id=0,  # as Qwen2's config.json: <|endoftext|> for both; the tokenizer adds none
-    eos_token_id=0,
-)
+    "rms_norm_eps": 1e-5,
+    "hidden_act": "silu",
+    "initializer_range": 0.2,
+    "tie_word_embeddings": False,
+    "bos_token_id": 0,
+    "eos_token_id": 1,
+}
+QWEN2 = {
+    "vocab_size": QWEN2_VOCAB,
+    "hidden_size": 96,
+    "intermediate_size": 192,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 6,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "max_position_embeddings": 256,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0},
+    "rms_norm_eps": 1e-6,
+    "hidden_act": "silu",
+    "initializer_range": 0.2,
+    "tie_word_embeddings": True,
+    "use_sliding_window": False,
+    "bos_token_id": 0,  # as Qwen2's config.json: <|endoftext|> for both; the tokenizer adds none
+    "eos_token_id": 0,
+}
 
 
 def corpus_texts() -> list[str]:
@@ -165,11 +165,15 @@ def save_tokenizer(tok, folder: Path, kind: str) -> None:
     from transformers import PreTrainedTokenizerFast
 
     if kind == "qwen2":  # Qwen2's tokenizer_config.json, less its chat template
-        special = dict(bos_token=None, eos_token=QWEN2_SPECIALS[0], pad_token=QWEN2_SPECIALS[0])
-        extra = dict(tokenizer_class="Qwen2Tokenizer", unk_token=None, add_bos_token=False)
+        special = {
+            "bos_token": None,
+            "eos_token": QWEN2_SPECIALS[0],
+            "pad_token": QWEN2_SPECIALS[0],
+        }
+        extra = {"tokenizer_class": "Qwen2Tokenizer", "unk_token": None, "add_bos_token": False}
     else:
-        special = dict(bos_token=BOS, eos_token=EOS)
-        extra = dict(tokenizer_class="PreTrainedTokenizerFast", add_bos_token=True)
+        special = {"bos_token": BOS, "eos_token": EOS}
+        extra = {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": True}
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=MAX_LENGTH * 2, **special)
     fast.save_pretrained(folder)
     # Spell out what the post-processor does, as Llama's and Qwen2's tokenizer_config.json do.
@@ -315,11 +319,12 @@ def write_gguf(folder: Path, path: Path, ftype) -> None:
         tensors[gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"] = llama3_rope_factors(
             rope, head_dim
         )
-    for name, data in load_file(folder / "model.safetensors").items():
+    for name, stored in load_file(folder / "model.safetensors").items():
+        data = stored
         if name.endswith("q_proj.weight"):
-            data = permute_qk(data, n_head)
+            data = permute_qk(stored, n_head)
         elif name.endswith("k_proj.weight"):
-            data = permute_qk(data, n_kv)
+            data = permute_qk(stored, n_kv)
         new = names.get_name(name, try_suffixes=(".weight", ".bias"))
         assert new is not None, name
         tensors[new] = data
@@ -539,7 +544,7 @@ def main() -> None:
         write_gguf(llama_dir, path, ftype)
 
     rows = texts[:ROWS]
-    f32 = dict(dtype=torch.float32)
+    f32 = {"dtype": torch.float32}
     results = {}
 
     for name, folder in (("tiny-llama", llama_dir), ("tiny-qwen2", qwen2_dir)):

@@ -60,48 +60,48 @@ from make_decoder_fixtures import (  # noqa: E402  (the sibling script's helpers
 OUT = HERE / "fixtures"
 VARIANTS_DIR = OUT / "decoder-variants"
 LENGTHS = [2, 3, 5, 8, 9, 12, 15, 16, 17, 20, 25, 31, 40, 47, 55, 60]
-COMMON = dict(
-    vocab_size=256,
-    hidden_size=32,
-    intermediate_size=48,
-    num_hidden_layers=2,
-    initializer_range=0.2,
-    rms_norm_eps=1e-5,
-    bos_token_id=0,
-    eos_token_id=1,
-)
+COMMON = {
+    "vocab_size": 256,
+    "hidden_size": 32,
+    "intermediate_size": 48,
+    "num_hidden_layers": 2,
+    "initializer_range": 0.2,
+    "rms_norm_eps": 1e-5,
+    "bos_token_id": 0,
+    "eos_token_id": 1,
+}
 VARIANTS = {
     "mistral-window": (
         "mistral",
-        dict(num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-             sliding_window=8, rope_parameters={"rope_type": "default", "rope_theta": 1e4}),
+        {"num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64,
+             "sliding_window": 8, "rope_parameters": {"rope_type": "default", "rope_theta": 1e4}},
     ),
     "llama-linear": (
         "llama",
-        dict(num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
-             hidden_act="gelu",
-             rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 5e5}),
+        {"num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 64,
+             "hidden_act": "gelu",
+             "rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 5e5}},
     ),
     "llama-dynamic": (
         "llama",
-        dict(num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16,
-             hidden_act="relu",
-             rope_parameters={"rope_type": "dynamic", "factor": 4.0, "rope_theta": 1e4}),
+        {"num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 16,
+             "hidden_act": "relu",
+             "rope_parameters": {"rope_type": "dynamic", "factor": 4.0, "rope_theta": 1e4}},
     ),
     "llama-yarn": (
         "llama",
-        dict(num_attention_heads=4, num_key_value_heads=2, head_dim=12,
-             max_position_embeddings=64, attention_bias=True, mlp_bias=True,
-             hidden_act="gelu_pytorch_tanh",
-             rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4,
-                              "original_max_position_embeddings": 16}),
+        {"num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 12,
+             "max_position_embeddings": 64, "attention_bias": True, "mlp_bias": True,
+             "hidden_act": "gelu_pytorch_tanh",
+             "rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4,
+                              "original_max_position_embeddings": 16}},
     ),
     "qwen3-window": (
         "qwen3",
-        dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-             max_position_embeddings=64, tie_word_embeddings=True, use_sliding_window=True,
-             sliding_window=6, max_window_layers=1,
-             rope_parameters={"rope_type": "default", "rope_theta": 1e6}),
+        {"num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+             "max_position_embeddings": 64, "tie_word_embeddings": True, "use_sliding_window": True,
+             "sliding_window": 6, "max_window_layers": 1,
+             "rope_parameters": {"rope_type": "default", "rope_theta": 1e6}},
     ),
 }  # fmt: skip
 OLD_STYLE = ("llama-linear", "llama-dynamic")  # config.json rewritten as transformers 4 wrote it

@@ -12,7 +12,8 @@ import os
 import sys
 
 from hpcinfer import __version__
-from hpcinfer.errors import JobError
+from hpcinfer.errors import Agreed, JobError
+from hpcinfer.job import describe_keys
 from hpcinfer.parallel.runtime import launcher_rank
 
 DESCRIPTION = """\
@@ -23,36 +24,25 @@ its own block of chunks, and rank 0 writes one HDF5 file with every result in in
 """
 
 RUN_EPILOG = """\
-job file (TOML; relative paths are resolved against the job file's folder):
-  [model]  path        model folder: config.json + model.safetensors
-  [input]  path        HDF5 file;  dataset = name of the dataset (rows along axis 0)
-  [output] path        HDF5 file written at the end (datasets named by the model,
-                       e.g. "outputs" (N, classes) for an MLP), with attributes
-                       recording version, model + weight hash, input, job and layout
-  [run]    backend     numpy | jax | cupy                      (default numpy)
-           batch_size  rows per forward pass                  (default 256)
-           chunk_size  rows per chunk, the unit of scheduling  (default 2048)
-           dtype       float32 | float64                       (default float32)
-           threads     BLAS/XLA threads per rank; 0 = cores on the node / ranks
-                       on the node (default 0; env HPCINFER_THREADS also works)
-           balance     steal | static (default steal): DP groups that run out of
-                       chunks take half of another group's remaining chunks
-           tp          tensor-parallel group size (default 1): every weight matrix
-                       is split over tp consecutive ranks; must divide the rank count
-           tp_comm     how tensors cross the TP group (default auto): numpy: mpi;
-                       jax: host | mpi4jax; cupy: host | mpi (CUDA-aware) | nccl
+job file (TOML; relative paths are resolved against the job file's folder; every key,
+its default and meaning):
+{keys}
 
 resuming: finished chunks are durable and journalled in OUTPUT.partial/; running the
 same job again after an interruption (kill, crash, time limit) does only what is left,
-on any number of ranks and any --tp. A partial run of a different job (other model,
-input, chunk_size or dtype) is refused; --restart discards it.
+on any number of ranks and any --tp. A partial run of a different job (other model
+files, input, settings) is refused, naming what differs; --restart discards it. One run
+per output at a time (OUTPUT.lock); an existing OUTPUT that is not this job's result is
+replaced only with --overwrite; hpcinfer never deletes files it did not make.
 
-signals: SIGTERM or SIGUSR1 (SLURM's warning before a time limit or preemption) make
-every rank finish its chunk in hand and stop; the progress is durable; exit code 75.
+signals: SIGTERM, SIGUSR1 (SLURM's warning before a time limit or preemption) or Ctrl-C
+make every rank finish its chunk in hand and stop; the progress is durable; exit code
+75. A second Ctrl-C aborts at once.
 
-exit codes: 0 the complete output file exists; 75 stopped by a signal, rerun to resume;
-2 bad job, model, input or options (one line names the file or key); 1 a failure while
-running (the failing rank is named, every rank stops).
+exit codes: 0 the complete output file exists; 75 stopped by a signal or a full disk,
+rerun the same command to resume; 2 bad job, model, input or options (one line names
+the file, key or line; nothing written); 1 a failure while running (the failing rank is
+named, every rank stops).
 
 examples:
   mpirun -n 2 python -m hpcinfer run jobs/digits-mlp.toml
@@ -99,13 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run a job file (under mpirun for several ranks)",
         description="Run a job: every rank of the MPI launch computes its share of the rows.",
-        epilog=RUN_EPILOG,
+        epilog=RUN_EPILOG.format(keys=describe_keys()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("job", help="the job file (TOML)")
     run.add_argument(
         "--backend",
-        choices=("numpy", "jax", "cupy"),
+        choices=("auto", "numpy", "jax", "cupy"),
         help="shorthand for --set run.backend=NAME",
     )
     run.add_argument("--threads", type=int, help="shorthand for --set run.threads=N")
@@ -164,6 +154,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--png", help="where to write the picture (default: OUTPUT.report.png next to the output)"
     )
     add_set_option(report)
+    export = sub.add_parser(
+        "export",
+        help="a finished output as Parquet or JSONL (for pandas, Spark, jq)",
+        description="Write a finished output's datasets as columns of a Parquet or JSONL "
+        "file, rows in the same order, a block at a time. JSON has no NaN: those become "
+        "null in JSONL.",
+    )
+    export.add_argument("output", help="the run's output .h5 file (or its job file)")
+    export.add_argument("--to", required=True, metavar="FILE", help="the file to write")
+    export.add_argument(
+        "--format", choices=("parquet", "jsonl"), help="default: from the suffix of --to"
+    )
+    export.add_argument(
+        "--datasets", metavar="A,B", help="only these datasets (default: every one)"
+    )
     inspect = sub.add_parser(
         "inspect",
         help="a model's architecture, parameters, memory per rank for each tp, collectives",
@@ -214,7 +219,28 @@ def main(argv: list[str] | None = None) -> int:
         return _inspect(args)
     if args.command == "report":
         return _report(args)
+    if args.command == "export":
+        return _export(args)
     return 2
+
+
+def _export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hpcinfer.tools.export import export
+
+    source = Path(args.output)
+    try:
+        if source.suffix == ".toml":
+            from hpcinfer.job import load_job
+
+            source = load_job(source).output.path
+        names = [n.strip() for n in args.datasets.split(",")] if args.datasets else None
+        print(export(source, Path(args.to), args.format, names))
+    except JobError as e:
+        print(f"hpcinfer: error: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -276,8 +302,8 @@ def _run(args: argparse.Namespace) -> int:
     stop.install()  # after MPI is up (its start-up must not replace our handlers)
     try:
         agree(rt, error)
-    except SystemExit as e:
-        return int(e.code)
+    except Agreed as e:
+        return e.exit_code
 
     from hpcinfer.engine import Hooks, RunOptions, run_job
 
@@ -294,9 +320,9 @@ def _run(args: argparse.Namespace) -> int:
         progress_interval=args.progress_interval,
     )
     try:
-        return run_or_abort(rt, lambda: run_job(job, rt, options, hooks))
-    except SystemExit as e:
-        return int(e.code)
+        return run_or_abort(rt, lambda: run_job(job, rt, options, hooks).code)
+    except Agreed as e:
+        return e.exit_code
 
 
 if __name__ == "__main__":

@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from hpcinfer.checkpoint.chunk_files import ChunkFile, ChunkStore
+from hpcinfer.checkpoint.columns import Column, output_columns, specs, stored
 from hpcinfer.checkpoint.journal import ChunkRun, JournalWriter, Progress
 from hpcinfer.checkpoint.writer import ChunkWriter
-from hpcinfer.errors import BadRow, JobError, RunError
+from hpcinfer.errors import BadRow, DiskError, JobError, RunError
 from hpcinfer.io.inputs import Reader
 from hpcinfer.models import InputKind, Model
 from hpcinfer.parallel.runtime import Runtime
-from hpcinfer.plan import Plan
+from hpcinfer.plan import Plan, warn_idle_ranks
 from hpcinfer.schedule import stop
 from hpcinfer.schedule.balance import GroupClaims
 from hpcinfer.schedule.chunks import Chunk
@@ -49,6 +51,9 @@ class Hooks:
     def chunk_file_started(self) -> None:
         """After the first rows of a chunk file are written, before it is committed."""
 
+    def before_assembly(self) -> None:
+        """On rank 0, once every chunk is done, before the output file is written."""
+
 
 NO_HOOKS = Hooks()
 
@@ -60,7 +65,7 @@ class RankWork:
     log: list[tuple[int, ChunkRun]]  # chunks this rank's group finished (leaders only)
     metrics: dict[str, Any]
     epoch: float  # the loop's start (Unix time): chunk times are seconds after it
-    error: str | None = None  # bad input this rank found (the run then stops everywhere)
+    error: tuple[int, str] | None = None  # (exit code, message): bad input or a full disk
 
 
 @dataclass
@@ -78,6 +83,8 @@ def compute_pending(
     """Claim and compute chunks until none is left (or a stop signal); collective."""
     grid, run = plan.grid, plan.job.run
     pending = [i for i in range(len(plan.chunks)) if i not in before.done]
+    if rt.rank == 0:
+        warn_idle_ranks(plan, len(pending))
     rss_after_load, load_seconds = peak_rss_mb(), time.perf_counter() - t0
     store = ChunkStore(plan.partial_dir, durable=run.checkpoint)
     writer = None  # only a TP group's leader writes its group's results
@@ -90,34 +97,43 @@ def compute_pending(
     )
     rt.comm.Barrier()
     epoch = rt.comm.bcast(time.time(), root=0)  # chunk log times are seconds since this
+    # rows per batch (numeric rows), or padded tokens per batch (texts)
+    size = run.batch_size if plan.model.input_kind is InputKind.ROWS else settings_tokens(plan)
     t_loop, timers, error = time.perf_counter(), Timers(), None
     stream = iter(claims)
     for done, position in enumerate(stream):
         chunk = plan.chunks[pending[position]]
         t_chunk, start = time.perf_counter(), time.time() - epoch
         hooks.before_chunk(rt.rank, done, chunk, plan.n_rows)
-        sink = None if writer is None else store.create(chunk.index, chunk.rows, plan.model.outputs)
+        sink = None
+        if writer is not None:
+            sink = store.create(chunk.index, chunk.rows, specs(plan.columns))
         try:
-            timers.io += compute_chunk(plan.model, plan.reader, chunk, run.batch_size, sink, hooks)
-        except JobError as e:  # bad input: the same rows fail on every rank of the TP group
-            error = str(e)
+            timers.io += compute_chunk(
+                plan.model, plan.reader, chunk, size, sink, hooks, plan.columns,
+                progress.add if writer is not None else None,
+            )  # fmt: skip
+            if writer is not None:
+                t_write = time.perf_counter()
+                finished = ChunkRun(
+                    grid.dp_rank, start, time.time() - epoch, position in claims.stats.stolen
+                )
+                writer.submit(sink, finished)  # raises a failure of an earlier commit
+                timers.io += time.perf_counter() - t_write  # only the wait for a queue slot
+                timers.log.append((chunk.index, finished))
+        except (JobError, DiskError) as e:  # bad input (the whole TP group meets it) or a
+            error = (e.exit_code, str(e))  # full disk (leaders): every rank stops cleanly
             halt.raise_for_all(rt.rank)
             if any(True for _ in stream) and not grid.is_leader:  # the leader went on
                 raise RunError(f"{e} (on rank {rt.rank} only, not its TP group)") from None
             break
-        if writer is not None:
-            t_write = time.perf_counter()
-            finished = ChunkRun(
-                grid.dp_rank, start, time.time() - epoch, position in claims.stats.stolen
-            )
-            writer.submit(sink, finished)
-            timers.io += time.perf_counter() - t_write  # only the wait for a free queue slot
-            timers.log.append((chunk.index, finished))
-            progress.add(chunk.rows)
         timers.busy += time.perf_counter() - t_chunk
     plan.reader.close()
     if writer is not None:
-        writer.close()  # every chunk of this rank durable and journalled
+        try:
+            writer.close()  # every chunk of this rank durable and journalled
+        except DiskError as e:
+            error = error or (e.exit_code, str(e))
     claims.close()
     progress.close()
     rt.comm.Barrier()  # every claimed chunk is done and recorded
@@ -128,47 +144,67 @@ def compute_pending(
     return RankWork(timers.log, metrics, epoch, error)
 
 
+def settings_tokens(plan: Plan) -> int:
+    return plan.settings.max_batch_tokens
+
+
 def compute_chunk(
     model: Model,
     reader: Reader,
     chunk: Chunk,
-    batch_size: int,
+    size: int,
     sink: ChunkFile | None,
     hooks: Hooks = NO_HOOKS,
+    columns: dict[str, Column] | None = None,
+    on_rows: Callable[[int], None] | None = None,
 ) -> float:
-    """Compute the chunk's rows `batch_size` at a time, each batch's outputs written into
-    `sink` as soon as they exist (None: a TP rank that computes but does not write).
-    A failure discards the unfinished file. Returns the seconds spent reading input and
-    writing outputs.
+    """Compute the chunk's rows a batch at a time (`size` rows, or for texts `size` padded
+    tokens), each batch's outputs written into `sink` as soon as they exist (None: a TP
+    rank that computes but does not write), as `columns` say (named and cast; the kept
+    columns' values from the same read; None: the model's outputs as they are);
+    `on_rows(n)` after each batch (live progress).
+    A failure discards the unfinished file. A failed write (a full disk) does not stop
+    the batches: the TP group computes them together, and a leader that left early would
+    leave its members waiting in a collective; the error is raised after the chunk.
+    Returns the seconds spent reading input and writing outputs.
     """
-    io = Stopwatch()
+    io, failed = Stopwatch(), None
+    columns = columns or output_columns(model.outputs, {}, "auto", {}, "")
     try:
         if model.input_kind is InputKind.ITEMS:  # the model batches them by length
             with io:
-                items = reader.read(chunk.start, chunk.stop)
+                batch = reader.read_batch(chunk.start, chunk.stop)
             try:
-                result = model.predict_items(items, batch_size)
+                result = model.predict_items(batch.rows, size, on_rows)
             except BadRow as e:
                 raise JobError(f"{reader.where(chunk.start + e.index)}: {e.message}") from None
             if sink is not None:
                 with io:
-                    sink.write_rows(0, result)
+                    sink.write_rows(0, stored(columns, result, batch.kept))
                 hooks.chunk_file_started()
             return io.seconds
-        for b0 in range(0, chunk.rows, batch_size):
+        for b0 in range(0, chunk.rows, size):
             with io:
-                rows = reader.read(chunk.start + b0, chunk.start + min(b0 + batch_size, chunk.rows))
-            outputs = model.predict(rows)
-            if sink is not None:
-                with io:
-                    sink.write_rows(b0, outputs)
+                stop = chunk.start + min(b0 + size, chunk.rows)
+                batch = reader.read_batch(chunk.start + b0, stop)
+            outputs = model.predict(batch.rows)
+            if on_rows is not None:
+                on_rows(len(batch.rows))
+            if sink is not None and failed is None:
+                try:
+                    with io:
+                        sink.write_rows(b0, stored(columns, outputs, batch.kept))
+                except RunError as e:  # the file is discarded already
+                    failed = e
                 if b0 == 0:
                     hooks.chunk_file_started()
-            del rows, outputs  # written: the next batch's peak must not include them
+            del batch, outputs  # written: the next batch's peak must not include them
     except BaseException:
         if sink is not None:
             sink.discard()
         raise
+    if failed is not None:
+        raise failed
     return io.seconds
 
 

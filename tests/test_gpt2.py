@@ -50,12 +50,12 @@ def assert_scores(got: dict, ref: dict, rtol: float = RTOL, key: str = "logprob"
 
 @pytest.mark.parametrize("backend", ["numpy", "jax"])
 def test_scores_match_transformers(reference, backend):
-    got = load(backend=backend).predict_items(reference["text"], 16)
+    got = load(backend=backend).predict_items(reference["text"], 512)
     assert_scores(got, reference)
 
 
 def test_float64_matches_transformers_float64(reference):
-    got = load(dtype="float64").predict_items(reference["text"], 16)
+    got = load(dtype="float64").predict_items(reference["text"], 512)
     assert_scores(got, reference, rtol=1e-9, key="logprob_float64")
 
 
@@ -64,16 +64,16 @@ def test_padding_never_changes_a_row(reference):
     texts = reference["text"]
     longest = max(texts, key=len)
     alone = model.predict_items([texts[5]], 1)["logprob"]
-    together = model.predict_items([texts[5], longest, ""], 3)["logprob"][:1]
+    together = model.predict_items([texts[5], longest, ""], 512)["logprob"][:1]
     np.testing.assert_allclose(together, alone, rtol=1e-6)
 
 
 def test_the_head_in_pieces_gives_the_same_scores(reference, monkeypatch):
     """Logits are made a few rows at a time (LOGITS_BYTES); the pieces must join exactly."""
     texts = reference["text"][:24]
-    whole = load().predict_items(texts, 8)["logprob"]
+    whole = load().predict_items(texts, 512)["logprob"]
     monkeypatch.setattr("hpcinfer.models.gpt2.LOGITS_BYTES", 1)  # one row at a time
-    np.testing.assert_allclose(load().predict_items(texts, 8)["logprob"], whole, rtol=1e-6)
+    np.testing.assert_allclose(load().predict_items(texts, 512)["logprob"], whole, rtol=1e-6)
 
 
 def test_token_ids_score_like_their_text(reference):
@@ -81,7 +81,7 @@ def test_token_ids_score_like_their_text(reference):
     texts = reference["text"][:20]
     ids = [e.tolist() for e in model.tokenizer.encode_batch(texts)]
     np.testing.assert_allclose(
-        model.predict_items(ids, 8)["logprob"], model.predict_items(texts, 8)["logprob"]
+        model.predict_items(ids, 512)["logprob"], model.predict_items(texts, 512)["logprob"]
     )
 
 
@@ -89,9 +89,9 @@ def test_a_token_id_outside_the_vocabulary_is_named():
     from hpcinfer.errors import BadRow
 
     with pytest.raises(BadRow, match=r"token id 1001 is outside the vocabulary \(0\.\.1000\)"):
-        load().predict_items([[1, 2], [3, 1001]], 2)
+        load().predict_items([[1, 2], [3, 1001]], 512)
     with pytest.raises(BadRow, match=r"token id -7 is outside the vocabulary") as bad:
-        load().predict_items(["text", [2, -7]], 2)
+        load().predict_items(["text", [2, -7]], 512)
     assert bad.value.index == 1
 
 
@@ -115,7 +115,7 @@ def edit_config(folder: Path, **changes) -> None:
 def test_keys_without_the_transformer_prefix(tmp_path, reference):
     folder = copy_model(tmp_path)
     rewrite(folder, lambda t: {k.removeprefix("transformer."): v for k, v in t.items()})
-    assert_scores(load(folder).predict_items(reference["text"], 16), reference)
+    assert_scores(load(folder).predict_items(reference["text"], 512), reference)
 
 
 def test_float16_weights(tmp_path, reference):
@@ -125,8 +125,8 @@ def test_float16_weights(tmp_path, reference):
     rewrite(rounded, lambda t: {k: v.astype(np.float16).astype(np.float32) for k, v in t.items()})
     texts = reference["text"][:40]
     np.testing.assert_allclose(
-        load(half).predict_items(texts, 8)["logprob"],
-        load(rounded).predict_items(texts, 8)["logprob"],
+        load(half).predict_items(texts, 512)["logprob"],
+        load(rounded).predict_items(texts, 512)["logprob"],
         rtol=1e-6,
     )
 
@@ -138,11 +138,11 @@ def test_untied_head(tmp_path, reference):
         load(folder)
     rewrite(folder, lambda t: {**t, "lm_head.weight": -t["transformer.wte.weight"]})
     texts = reference["text"][:20]
-    untied = load(folder).predict_items(texts, 8)["logprob"]
+    untied = load(folder).predict_items(texts, 512)["logprob"]
     assert not np.allclose(untied, reference["logprob"][:20], rtol=1e-2)  # the head is read
     rewrite(folder, lambda t: {**t, "lm_head.weight": -t["lm_head.weight"]})
     np.testing.assert_allclose(
-        load(folder).predict_items(texts, 8)["logprob"], reference["logprob"][:20], rtol=RTOL
+        load(folder).predict_items(texts, 512)["logprob"], reference["logprob"][:20], rtol=RTOL
     )
 
 

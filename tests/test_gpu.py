@@ -20,7 +20,7 @@ def gpu_count() -> int:
         import cupy
 
         return int(cupy.cuda.runtime.getDeviceCount())
-    except Exception:  # no CuPy, no driver, no device: all mean "no GPU here"
+    except Exception:  # noqa: BLE001 (no CuPy, no driver, no device: no GPU here)
         return 0
 
 

@@ -14,7 +14,7 @@ from hpcinfer.io.text_input import TextRows
 
 
 def test_text_readers(tmp_path, monkeypatch):
-    monkeypatch.setattr("hpcinfer.io.text_input.INDEX_BLOCK_BYTES", 3)  # lines span blocks
+    monkeypatch.setattr("hpcinfer.io.record_index.INDEX_BLOCK_BYTES", 3)  # lines span blocks
     jsonl = tmp_path / "t.jsonl"
     jsonl.write_text('{"text": "a"}\n{"text": "b c"}\n{"text": "d"}')  # no final newline
     rows = TextRows(jsonl, "jsonl")

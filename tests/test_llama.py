@@ -12,7 +12,7 @@ import shutil
 import numpy as np
 import pytest
 
-from hpcinfer.models.text import TokenCounts, length_batches
+from hpcinfer.models.batching import TokenCounts, length_batches, tight_length
 from tests.decoders import (
     COSINE,
     MODELS,
@@ -40,7 +40,7 @@ def jax_marks(group: str) -> list:
 )
 def test_scores_match_transformers(group, backend):
     ref = reference_group(group)
-    got = load(MODELS[group], backend).predict_items(ref["ids"], 16)
+    got = load(MODELS[group], backend).predict_items(ref["ids"], 1024)
     assert got["logprob"].dtype == np.float64 and got["num_tokens"].dtype == np.int64
     assert_scores(got, ref)
 
@@ -50,7 +50,7 @@ def test_float64_matches_transformers_float64(group):
     """Closer than float32 can be; not to 1e-12: transformers computes the rotary angles
     in float32 even in a float64 model (its RotaryEmbedding casts them)."""
     ref = reference_group(group)
-    got = load(MODELS[group], dtype="float64").predict_items(ref["ids"], 16)
+    got = load(MODELS[group], dtype="float64").predict_items(ref["ids"], 1024)
     err = relative_error(got["logprob"], ref["logprob_float64"])
     print(f"{group} float64: max rel err {err:.2e}")
     assert err < 1e-7
@@ -61,7 +61,7 @@ def test_float64_matches_transformers_float64(group):
 def test_embeddings_match_transformers(group, pooling, key):
     ref = reference_group(group)
     model = load(MODELS[group], task="embed", pooling=pooling)
-    got = model.predict_items(ref["ids"], 16)["embeddings"]
+    got = model.predict_items(ref["ids"], 1024)["embeddings"]
     assert got.dtype == np.float32 and got.shape == ref[key].shape
     assert min_cosine(got, ref[key]) >= COSINE
     np.testing.assert_allclose(got, ref[key], rtol=1e-3, atol=1e-4)
@@ -81,7 +81,7 @@ def test_embed_defaults_to_last_token_and_reads_sentence_transformers_pooling(tm
         for i, (path, kind) in enumerate(kinds)
     ]
     (folder / "modules.json").write_text(json.dumps(modules))
-    got = load(folder, task="embed").predict_items(ref["ids"][:8], 4)["embeddings"]
+    got = load(folder, task="embed").predict_items(ref["ids"][:8], 256)["embeddings"]
     want = ref["embed_mean"][:8] / np.linalg.norm(ref["embed_mean"][:8], axis=1, keepdims=True)
     np.testing.assert_allclose(got, want, atol=1e-5)
 
@@ -91,18 +91,18 @@ def test_variants_match_transformers(group):
     """Sliding windows, linear / dynamic / yarn rope (old and new config style), MQA, all
     biases, head_dim != hidden / heads, gelu / relu, qwen3 q/k norms, qwen2 from GGUF."""
     ref = reference_group(group)
-    got = load(VARIANT_MODELS[group]).predict_items(ref["ids"], 8)
+    got = load(VARIANT_MODELS[group]).predict_items(ref["ids"], 512)
     assert_scores(got, ref)
     for pooling, key in (("last_token", "embed_last"), ("mean", "embed_mean")):
         model = load(VARIANT_MODELS[group], task="embed", pooling=pooling)
-        assert min_cosine(model.predict_items(ref["ids"], 8)["embeddings"], ref[key]) >= COSINE
+        assert min_cosine(model.predict_items(ref["ids"], 512)["embeddings"], ref[key]) >= COSINE
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("group", list(VARIANT_MODELS))
 def test_variants_match_transformers_jax(group):
     ref = reference_group(group)
-    assert_scores(load(VARIANT_MODELS[group], "jax").predict_items(ref["ids"], 8), ref)
+    assert_scores(load(VARIANT_MODELS[group], "jax").predict_items(ref["ids"], 512), ref)
 
 
 @pytest.mark.parametrize(
@@ -121,7 +121,7 @@ def test_the_variants_features_matter(tmp_path, group, edit):
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, **edit}))
     ref = reference_group(group)
-    got = load(folder).predict_items(ref["ids"], 8)
+    got = load(folder).predict_items(ref["ids"], 512)
     np.testing.assert_array_equal(got["num_tokens"], ref["num_tokens"])
     assert relative_error(got["logprob"], ref["logprob"]) > 1e-3
 
@@ -134,7 +134,7 @@ def test_texts_tokenize_as_transformers_and_score_like_their_ids(group):
     encoded = model.tokenizer.encode_batch(ref["text"])
     assert [e[:128].tolist() for e in encoded] == ref["ids"]  # the reference cut at 128
     short = [i for i, e in enumerate(encoded) if len(e) <= 128]
-    got = model.predict_items([ref["text"][i] for i in short], 8)
+    got = model.predict_items([ref["text"][i] for i in short], 512)
     np.testing.assert_allclose(got["logprob"], ref["logprob"][short], rtol=1e-6)
 
 
@@ -143,7 +143,7 @@ def test_padding_and_batch_company_never_change_a_row():
     model = load(MODELS["tiny-qwen2"])
     alone = model.predict_items([ref["ids"][5]], 1)["logprob"]
     longest = max(ref["ids"], key=len)
-    together = model.predict_items([ref["ids"][5], longest, []], 3)["logprob"]
+    together = model.predict_items([ref["ids"][5], longest, []], 4096)["logprob"]
     np.testing.assert_allclose(together[:1], alone, rtol=1e-6)
     assert together[2] == 0.0  # no token: nothing to predict
 
@@ -152,18 +152,18 @@ def test_empty_rows_embed_to_zeros_and_token_ids_are_checked():
     from hpcinfer.errors import BadRow
 
     model = load(MODELS["tiny-qwen2"], task="embed")
-    assert not model.predict_items([[], [3, 4]], 2)["embeddings"][0].any()
+    assert not model.predict_items([[], [3, 4]], 256)["embeddings"][0].any()
     # padded vocabulary: ids up to the 1,024 embedding rows are the model's to compute
     assert model.predict_items([[1023, 5]], 1)["embeddings"].shape == (1, 96)
     with pytest.raises(BadRow, match=r"token id 1024 is outside the vocabulary \(0\.\.1023\)"):
-        model.predict_items([[1, 2], [1024]], 2)
+        model.predict_items([[1, 2], [1024]], 256)
 
 
 def test_the_head_in_pieces_gives_the_same_scores(monkeypatch):
     ref = reference_group("tiny-llama")
-    whole = load(MODELS["tiny-llama"]).predict_items(ref["ids"][:24], 8)["logprob"]
+    whole = load(MODELS["tiny-llama"]).predict_items(ref["ids"][:24], 512)["logprob"]
     monkeypatch.setattr("hpcinfer.models.llama.LOGITS_BYTES", 1)  # one row at a time
-    pieces = load(MODELS["tiny-llama"]).predict_items(ref["ids"][:24], 8)["logprob"]
+    pieces = load(MODELS["tiny-llama"]).predict_items(ref["ids"][:24], 512)["logprob"]
     np.testing.assert_allclose(pieces, whole, rtol=1e-6)
 
 
@@ -175,7 +175,7 @@ def next_token_agreement(model, ref: dict) -> float:
     head = np.asarray(model.params["embed_tokens.weight"])  # tied
     ids = [np.asarray(t, np.int64) for t in ref["ids"]]
     same = total = 0
-    for rows, batch, mask in length_batches(ids, 8, False, TokenCounts()):
+    for rows, batch, mask in length_batches(ids, 1024, False, TokenCounts()):
         x = model.final_hidden(batch, mask)
         for j, i in enumerate(rows):
             top = (x[j, : len(ids[i]) - 1] @ head.T).argmax(-1)
@@ -191,7 +191,7 @@ def test_smollm2_matches_transformers(backend):
     model = load(SMOLLM2, backend)
     assert model.describe()["vocab"] == 49152 and not model.tokenizer.adds_bos
     assert [e[:128].tolist() for e in model.tokenizer.encode_batch(ref["text"])] == ref["ids"]
-    got = model.predict_items(ref["ids"], 16)
+    got = model.predict_items(ref["ids"], 1024)
     err = assert_scores(got, ref, SMOLLM2_RTOL)
     agree = next_token_agreement(model, ref)
     print(f"smollm2 {backend} tp1: max rel err {err:.2e}, argmax agreement {agree:.4f}")
@@ -206,32 +206,17 @@ def corpus_lengths(n: int = 600) -> list[np.ndarray]:
     return [np.zeros(int(k), np.int64) for k in rng.lognormal(3.0, 1.0, n).clip(1, 600)]
 
 
-def test_fixed_batches_are_what_they_always_were():
+def test_tight_batches_pad_to_their_longest_text_and_keep_every_row():
     ids = corpus_lengths()
-    order = np.argsort([len(t) for t in ids], kind="stable")
-    got = [rows.tolist() for rows, _, _ in length_batches(ids, 16, True, TokenCounts())]
-    assert got == [order[b : b + 16].tolist() for b in range(0, len(order), 16)]
-
-
-def test_tight_batches_pad_little_and_keep_every_row():
-    ids, counts = corpus_lengths(), TokenCounts()
+    ladder, tight = TokenCounts(), TokenCounts()
+    list(length_batches(ids, 1024, False, ladder))
     seen = []
-    for rows, batch, mask in length_batches(ids, 16, False, counts, "tight"):
-        assert len(rows) <= 16 and batch.shape[1] == max(len(ids[i]) for i in rows)
-        assert batch.size <= 1.1 * mask.sum() + 2 * len(rows) or len(rows) == 1
+    for rows, batch, mask in length_batches(ids, 1024, False, tight, tight=True):
+        longest = max(len(ids[i]) for i in rows)
+        assert batch.shape == (len(rows), tight_length(longest)) and longest <= batch.shape[1]
+        assert batch.size <= 1024 or len(rows) == 1  # within the token budget
+        assert mask.sum() == sum(len(ids[i]) for i in rows)
         seen += rows.tolist()
-    assert sorted(seen) == list(range(len(ids))) and counts.real / counts.computed > 0.85
-
-
-def test_bucket_batches_keep_few_shapes_and_fit_rows_to_length():
-    from hpcinfer.models.text import bucket_rows, padded_length
-
-    ids, counts = corpus_lengths(), TokenCounts()
-    shapes = set()
-    for rows, batch, _ in length_batches(ids, 16, True, counts, "buckets"):
-        seq = batch.shape[1]
-        assert all(padded_length(len(ids[i])) == seq for i in rows)  # one length per batch
-        assert batch.shape[0] == bucket_rows(seq, 16) >= len(rows)
-        shapes.add(batch.shape)
-    assert len(shapes) == len({padded_length(len(t)) for t in ids})  # one shape per length
-    assert counts.real / counts.computed > 0.6
+    assert sorted(seen) == list(range(len(ids)))
+    # padding to the batch's own longest text wastes less than the ladder's lengths
+    assert tight.real == ladder.real and tight.computed < ladder.computed

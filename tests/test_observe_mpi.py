@@ -148,3 +148,39 @@ def test_dry_run_validates_and_prints_the_plan_without_computing(tmp_path, digit
     bad = hpcinfer("run", str(job), "--dry-run", "--set", "input.dataset='nope'", n=2)
     assert bad.returncode == 2 and "dataset 'nope' not found" in bad.stderr
     np.testing.assert_equal(p.stdout.count("hpcinfer: dry run"), 1)  # rank 0 only
+
+
+def test_a_warning_when_ranks_would_idle(tmp_path, digits_job):
+    p = hpcinfer("run", str(digits_job(chunk_size=1797)), "--quiet", n=3)
+    assert p.returncode == 0, p.stderr
+    warnings = [s for s in p.stderr.splitlines() if s.startswith("hpcinfer: warning")]
+    assert len(warnings) == 1, p.stderr  # rank 0 only
+    assert "1 chunk(s) for 3 data-parallel groups: 2 group(s) (2 rank(s)) will idle" in warnings[0]
+
+
+def test_progress_starts_early_and_its_pauses_grow():
+    from hpcinfer.tools.progress import line_pauses
+
+    pauses = line_pauses(30.0)
+    assert [next(pauses) for _ in range(7)] == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    assert next(line_pauses(0.5)) == 0.5
+
+
+def test_a_usage_error_is_printed_once_not_once_per_rank():
+    p = hpcinfer("run", "--no-such-option", "x.toml", n=3, timeout=60)
+    assert p.returncode == 2
+    assert p.stderr.count("usage:") == 1 and p.stderr.count("unrecognized arguments") == 1
+    h = hpcinfer("run", "--help", n=3, timeout=60)
+    assert h.returncode == 0 and h.stdout.count("usage:") == 1
+
+
+def test_the_closing_line_counts_only_what_this_run_computed(tmp_path, digits_job):
+    job = digits_job(chunk_size=16)
+    killed = hpcinfer("run", str(job), n=2, env={"HPCINFER_FAULT": "rank=0,after=20,kind=exit"})
+    assert killed.returncode != 0
+    p = hpcinfer("run", str(job), "--quiet", n=2)
+    assert p.returncode == 0, p.stderr
+    resumed = int(re.search(r"resuming: \d+ of 113 chunks already done \(([\d,]+) of", p.stdout)
+                  .group(1).replace(",", ""))  # fmt: skip
+    line = next(s for s in p.stdout.splitlines() if s.startswith("hpcinfer: wrote"))
+    assert f"1,797 rows, {resumed:,} of them by earlier runs; {1797 - resumed:,} rows in" in line

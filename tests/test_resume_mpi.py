@@ -176,8 +176,10 @@ def test_status_before_and_after(tmp_path, job):
         [
             sys.executable,
             "-c",
-            "import sys; from hpcinfer.cli import main; "
-            f"assert main(['status', '{job}']) == 0; print(sorted(sys.modules))",
+            (
+                "import sys; from hpcinfer.cli import main; "
+                f"assert main(['status', '{job}']) == 0; print(sorted(sys.modules))"
+            ),
         ],
         capture_output=True,
         text=True,

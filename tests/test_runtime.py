@@ -42,7 +42,7 @@ def test_a_jax_run_fills_the_compilation_cache(tmp_path):
         "from hpcinfer.backends import get_backend\n"
         "from hpcinfer.models import load_model\n"
         "m = load_model(Path('data/models/tiny-gpt2'), get_backend('jax', 'float32'), 'float32')\n"
-        "m.predict_items(['a text of a few words'], 4)\n"
+        "m.predict_items(['a text of a few words'], 512)\n"
     )
     cache = tmp_path / "cache"
     env = {**os.environ, "HPCINFER_JAX_CACHE": str(cache)}

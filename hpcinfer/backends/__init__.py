@@ -29,6 +29,12 @@ class Backend(Protocol):
     def erf(self, x: Any) -> Any:
         """The error function (exact GELU)."""
 
+    def segment_sum(self, x: Any, ids: Any, n: int) -> Any:
+        """out[s] = sum of the rows x[t] with ids[t] == s, for s < n (ids >= n: dropped)."""
+
+    def segment_max(self, x: Any, ids: Any, n: int) -> Any:
+        """out[s] = elementwise max of the rows x[t] with ids[t] == s (ids >= n: dropped)."""
+
     def scan_layers(self, fn: Any, x: Any, stacked: dict) -> Any:
         """x = fn(x, layer_i) for each layer_i of `stacked` (tensors stacked on axis 0)."""
 

@@ -31,6 +31,22 @@ class CupyBackend:
     def asarray_int(self, host: np.ndarray) -> Any:
         return self.xp.asarray(np.ascontiguousarray(host))
 
+    def segment_sum(self, x: Any, ids: Any, n: int) -> Any:
+        from cupyx import scatter_add
+
+        keep = ids < n
+        out = self.xp.zeros((n, *x.shape[1:]), dtype=x.dtype)
+        scatter_add(out, ids[keep], x[keep])
+        return out
+
+    def segment_max(self, x: Any, ids: Any, n: int) -> Any:
+        from cupyx import scatter_max
+
+        keep = ids < n
+        out = self.xp.full((n, *x.shape[1:]), -self.xp.inf, dtype=x.dtype)
+        scatter_max(out, ids[keep], x[keep])
+        return out
+
     def scan_layers(self, fn: Any, x: Any, stacked: dict) -> Any:
         return loop_layers(fn, x, stacked)
 

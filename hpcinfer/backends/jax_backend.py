@@ -40,6 +40,12 @@ class JaxBackend:
     def asarray_int(self, host: np.ndarray) -> Any:
         return self.jax.device_put(np.ascontiguousarray(host))
 
+    def segment_sum(self, x: Any, ids: Any, n: int) -> Any:
+        return self.jax.ops.segment_sum(x, ids, num_segments=n)  # ids >= n are dropped
+
+    def segment_max(self, x: Any, ids: Any, n: int) -> Any:
+        return self.jax.ops.segment_max(x, ids, num_segments=n)
+
     def scan_layers(self, fn: Any, x: Any, stacked: dict) -> Any:
         """lax.scan over the leading (layer) axis of `stacked`; eagerly a Python loop
         (collectives that cannot be traced need concrete arrays)."""

@@ -30,6 +30,18 @@ class NumpyBackend:
     def asarray_int(self, host: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(host)
 
+    def segment_sum(self, x: np.ndarray, ids: np.ndarray, n: int) -> np.ndarray:
+        keep = ids < n
+        out = np.zeros((n, *x.shape[1:]), dtype=x.dtype)
+        np.add.at(out, ids[keep], x[keep])
+        return out
+
+    def segment_max(self, x: np.ndarray, ids: np.ndarray, n: int) -> np.ndarray:
+        keep = ids < n
+        out = np.full((n, *x.shape[1:]), -np.inf, dtype=x.dtype)
+        np.maximum.at(out, ids[keep], x[keep])
+        return out
+
     def scan_layers(self, fn: Any, x: Any, stacked: dict) -> Any:
         return loop_layers(fn, x, stacked)
 

@@ -8,7 +8,8 @@
     input source <path>  the input file and every file it draws rows from (HDF5 external
                          links, virtual-dataset sources): size and mtime
     input                path, dataset or field, format, rows, row shape and dtype
-    <section.key>        the job settings that change outputs (task, chunk_size, dtype)
+    <section.key>        the job settings that change outputs (task, chunk_size, dtype,
+                         kept columns, dataset names, output dtype)
 
 Backend, batch size, threads, balance and the DP x TP layout are deliberately left out:
 a run may resume on another layout; results then agree within float tolerance
@@ -35,11 +36,15 @@ MAX_MODEL_FILE_BYTES = 64 * 2**20  # larger "small" files are identified by size
 OUTPUT_SETTINGS = (
     ("model", "task"),
     ("model", "pooling"),
+    ("model", "prompt_name"),
     ("input", "format"),
     ("input", "dataset"),
     ("input", "field"),
     ("run", "chunk_size"),
     ("run", "dtype"),
+    ("output", "keep"),
+    ("output", "datasets"),
+    ("output", "dtype"),
 )
 
 
@@ -76,16 +81,20 @@ def gguf_identity(path: Path) -> dict[str, Any]:
 
 
 def model_identity(folder: Path) -> dict[str, Any]:
-    """The weights by their headers, the folder's small files by content; a GGUF file
+    """The weights by their headers (the model's, and every module's in a subfolder, such
+    as a sentence-transformers Dense), the folder's small files by content; a GGUF file
     (metadata, tokenizer and all) by its header."""
     if folder.suffix.lower() == ".gguf" and not folder.is_dir():
         return {"model weights": gguf_identity(folder)}
     facts: dict[str, Any] = {"model weights": weights_identity(folder)}
     for path in sorted(folder.rglob("*")):
-        if not path.is_file() or path.suffix not in MODEL_FILE_SUFFIXES:
-            continue
         name = path.relative_to(folder).as_posix()
-        if name.startswith("."):
+        if not path.is_file() or name.startswith("."):
+            continue
+        if path.suffix == ".safetensors" and path.parent != folder:
+            facts[f"model weights {name}"] = weights_identity(path.parent)
+            continue
+        if path.suffix not in MODEL_FILE_SUFFIXES:
             continue
         try:
             st = path.stat()
@@ -119,9 +128,11 @@ def input_identity(reader: Any) -> dict[str, Any]:
     return facts
 
 
-def job_identity(job: Job, reader: Any) -> dict[str, Any]:
-    """What decides the output of `job` over the input `reader` opened."""
+def job_identity(job: Job, reader: Any, chunk_size: int) -> dict[str, Any]:
+    """What decides the output of `job` over the input `reader` opened, cut into chunks
+    of `chunk_size` rows (the job's setting, or what "auto" made of it)."""
     settings = {f"{s}.{k}": str(getattr(getattr(job, s), k)) for s, k in OUTPUT_SETTINGS}
+    settings["run.chunk_size"] = str(chunk_size)
     return {**model_identity(job.model.path), **input_identity(reader), **settings}
 
 

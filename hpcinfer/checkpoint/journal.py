@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcinfer.checkpoint.chunk_files import ChunkStore, file_crc32
+from hpcinfer.errors import io_error
 
 
 @dataclass(frozen=True)
@@ -91,9 +92,12 @@ class JournalWriter:
         self._file = self.path.open("a")
 
     def record(self, record: ChunkRecord) -> None:
-        self._file.write(record.encode())
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            self._file.write(record.encode())
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as e:
+            raise io_error(self.path, "append to the journal", e) from None
 
     def close(self) -> None:
         self._file.close()

@@ -31,7 +31,10 @@ from hpcinfer.checkpoint.journal import Progress, read_progress
 
 FINGERPRINT = "fingerprint.json"
 MARKER = "hpcinfer-partial-run"
-OURS = (MARKER, FINGERPRINT, "chunk-*.bin", "journal-*.log", ".*.tmp", ".assembling-*")
+OURS = (
+    MARKER, FINGERPRINT, "chunk-*.bin", "journal-*.log", ".*.tmp", ".assembling-*",
+    "input-index-*.npz",  # a compressed input's record index (io.index_cache)
+)  # fmt: skip
 
 
 class Start(Enum):
@@ -54,6 +57,16 @@ class ResumeState:
 
 def partial_dir_for(output: Path) -> Path:
     return output.with_name(output.name + ".partial")
+
+
+def our_partial_dir(output: Path) -> Path | None:
+    """The output's partial folder if hpcinfer made it (its marker is there), else None:
+    only there may a cached input index be read."""
+    folder = partial_dir_for(output)
+    try:
+        return folder if not folder.is_symlink() and (folder / MARKER).is_file() else None
+    except OSError:  # a name too long: no partial folder there
+        return None
 
 
 def resume_state(

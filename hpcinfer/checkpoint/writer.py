@@ -53,7 +53,7 @@ class ChunkWriter:
                 crc = chunk.commit()
                 if self.journal is not None:
                     self.journal.record(ChunkRecord(chunk.index, chunk.rows, crc, run))
-            except BaseException as e:  # handed to the compute thread
+            except BaseException as e:  # noqa: BLE001 (handed to the compute thread)
                 self._error = e
             self.seconds += time.perf_counter() - t0
 

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from hpcinfer.errors import JobError
-from hpcinfer.io.file_checks import contiguous, read_into, transposed_by_rows
+from hpcinfer.io.file_checks import contiguous, nonfinite_count, read_into, transposed_by_rows
 from hpcinfer.io.gguf_header import TensorInfo, read_header
 from hpcinfer.io.gguf_quants import decoder
 
@@ -122,11 +122,13 @@ class GgufFile:
         rows: slice = slice(None),
         cols: slice = slice(None),
         dtype: np.dtype | str = "float32",
+        check_finite: bool = False,
     ) -> np.ndarray:
         """Tensor `name`[rows, cols] (cols only for 2-D) dequantized to `dtype`.
 
         Only the bytes of the rows asked for are read; the work happens a few MiB at a
-        time straight into the result.
+        time straight into the result. `check_finite`: a NaN or Inf in the result is a
+        JobError naming the file and tensor.
         """
         info = self.info(name)
         decode = decoder(self.path, name, info.dtype)
@@ -159,7 +161,16 @@ class GgufFile:
                     raw = np.ascontiguousarray(raw[:, lo:hi])
                 values = decode(raw)  # (m, b1 - b0) float32 (or ints for I* types)
                 out[i : i + m] = values[:, c0 - b0 : c1 - b0]
+        if check_finite:
+            self.check_finite(name, out)
         return out.reshape((n_rows, *shape[1:])) if full_cols else out
+
+    def check_finite(self, name: str, data: np.ndarray) -> None:
+        if bad := nonfinite_count(data):
+            raise JobError(
+                f"{self.path}: tensor {name!r}: {bad} of {data.size} values are NaN or Inf "
+                f"as {data.dtype}"
+            )
 
     def read_transposed(
         self,
@@ -167,6 +178,7 @@ class GgufFile:
         rows: slice = slice(None),
         cols: slice = slice(None),
         dtype: np.dtype | str = "float32",
+        check_finite: bool = False,
     ) -> np.ndarray:
         """Tensor `name`[rows, cols].T of a 2-D tensor, C-contiguous, in `dtype`.
 
@@ -178,10 +190,13 @@ class GgufFile:
         r0, r1 = contiguous(rows, info.shape[0], "row")
         c0, c1 = contiguous(cols, info.shape[1], "column")
         block = max(1, DECODE_BLOCK_BYTES // max(1, 4 * info.shape[1]))
-        return transposed_by_rows(
+        out = transposed_by_rows(
             lambda i, j: self.read(name, rows=slice(r0 + i, r0 + j), cols=slice(c0, c1)),
             r1 - r0,
             c1 - c0,
             dtype,
             block,
         )
+        if check_finite:
+            self.check_finite(name, out)
+        return out

@@ -133,9 +133,8 @@ def _gguf_byte_level(gguf: GgufFile) -> Tokenizer:
     alphabet = set(spell.values())
     vocab = {}
     for index, token in enumerate(tokens):
-        if not set(token) <= alphabet:
-            token = "".join(spell[b] for b in token.encode("utf-8"))
-        vocab.setdefault(token, index)
+        spelled = token if set(token) <= alphabet else "".join(spell[b] for b in token.encode())
+        vocab.setdefault(spelled, index)
     merges = []
     for number, merge in enumerate(merges_raw):
         parts = merge.split(" ") if isinstance(merge, str) else []
@@ -149,7 +148,7 @@ def _gguf_byte_level(gguf: GgufFile) -> Tokenizer:
         tok = Tokenizer(
             models.BPE(vocab=vocab, merges=merges, fuse_unk=False, ignore_merges=ignore_merges)
         )
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 (the library raises bare Exception)
         raise JobError(
             f"{gguf.path}: tokenizer.ggml.merges do not fit the tokens ({error_text(e)})"
         ) from None

@@ -142,7 +142,7 @@ def _from_tokenizer_json(folder: Path, max_length: int) -> TextTokenizer:
     path = folder / "tokenizer.json"
     try:
         tok = Tokenizer.from_file(str(path))
-    except Exception as e:  # the library raises a bare Exception with serde's message
+    except Exception as e:  # noqa: BLE001 (the library raises bare Exception, serde's text)
         raise JobError(f"{path}: not a valid tokenizer.json ({error_text(e)})") from None
     config = _configs(folder)
     where = folder / "tokenizer_config.json"
@@ -176,7 +176,7 @@ def _from_vocab_merges(folder: Path, max_length: int) -> TextTokenizer:
     config = _configs(folder)
     try:
         tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 (the library raises bare Exception)
         raise JobError(f"{merges_path}: does not fit vocab.json ({error_text(e)})") from None
     # GPT2Tokenizer puts one space before the whole text, even an empty one or one that
     # starts with a space or a special token: not what ByteLevel(add_prefix_space=True) or
@@ -229,8 +229,7 @@ def _config_specials(config: dict, where: Path) -> list[AddedToken]:
         ordered = sorted(decoder.items(), key=lambda kv: int(kv[0]))
     except ValueError:
         raise JobError(f"{where}: added_tokens_decoder keys must be token ids") from None
-    for _, value in ordered:
-        tokens.append(_added_token(value, where, "added_tokens_decoder"))
+    tokens.extend(_added_token(value, where, "added_tokens_decoder") for _, value in ordered)
     for key in ("unk_token", "bos_token", "eos_token", "pad_token", "sep_token", "cls_token"):
         if config.get(key) is not None:
             tokens.append(_added_token(config[key], where, key))

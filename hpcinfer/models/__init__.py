@@ -4,8 +4,8 @@ A model folder holds `config.json` (its `model_type` selects the family) and the
 weights; a model may also be one llama.cpp `.gguf` file, whose metadata stands in for
 config.json (`model_type` from `general.architecture`). Each family module offers:
 
-    load(path, config, backend, dtype, tp, task) -> Model     this rank's shard, bound
-    architecture(path, config, weights) -> config object        for `inspect`: title,
+    load(path, config, backend, dtype, tp, task, **options) -> Model   this rank's shard
+    architecture(path, config, weights) -> config object            for `inspect`: title,
                                      misfit(tp), shard_table(rank, size), collectives(tp)
     open_model_weights(path, config)  (optional) its weights under the names its shard
                                      table uses (GGUF files); else `open_weights(folder)`
@@ -34,22 +34,31 @@ __all__ = ["FAMILIES", "InputKind", "Model", "OutputSpec", "family_of", "load_mo
 class Family:
     tasks: tuple[str, ...]  # what it can compute; the first is the default
     module: str  # imported only when a model of this family is loaded or inspected
-    poolings: tuple[str, ...] = ()  # model.pooling values its `embed` takes (none: its own)
+    options: tuple[str, ...] = ()  # [model] job keys its load() takes (see MODEL_OPTIONS)
+    fast_backend: str = "numpy"  # run.backend = "auto" takes it (measured per family)
 
     def load_module(self) -> ModuleType:
         return importlib.import_module(self.module)
 
 
-_DECODER = Family(("score", "embed"), "hpcinfer.models.llama", ("last_token", "mean"))
+EMBEDDER = "hpcinfer.models.embedder"
+# MLP: numpy and JAX run at the GEMM rate alike (README, tensor parallelism), numpy is
+# the reference; text models: JAX ~4x numpy (fused attention and elementwise work).
+_DECODER = Family(("score", "embed"), "hpcinfer.models.llama", ("pooling",), "jax")
 FAMILIES = {
     "mlp": Family(("predict",), "hpcinfer.models.mlp"),
-    "bert": Family(("embed",), "hpcinfer.models.bert"),
-    "gpt2": Family(("score",), "hpcinfer.models.gpt2"),
+    "bert": Family(("embed",), EMBEDDER, ("prompt_name",), "jax"),
+    "roberta": Family(("embed",), EMBEDDER, ("prompt_name",), "jax"),
+    "xlm-roberta": Family(("embed",), EMBEDDER, ("prompt_name",), "jax"),
+    "distilbert": Family(("embed",), EMBEDDER, ("prompt_name",), "jax"),
+    "gpt2": Family(("score",), "hpcinfer.models.gpt2", (), "jax"),
     "llama": _DECODER,
     "mistral": _DECODER,
     "qwen2": _DECODER,
     "qwen3": _DECODER,
 }
+# [model] job keys a family may take, with the value that means "not set".
+MODEL_OPTIONS = {"prompt_name": "auto", "pooling": "auto"}
 
 
 def is_gguf(path: Path) -> bool:
@@ -78,7 +87,7 @@ def read_config(folder: Path) -> dict[str, Any]:
         raise JobError(f"{path}: not found (a model folder needs config.json)")
     try:
         config = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested too deeply
         raise JobError(f"{path}: not valid JSON: {e}") from None
     if not isinstance(config, dict):
         raise JobError(f"{path}: must hold a JSON object")
@@ -112,15 +121,16 @@ def load_model(
     dtype: str,
     tp: Collectives | None = None,
     task: str = "auto",
-    pooling: str = "auto",
+    **options: Any,
 ) -> Model:
     """Load this TP rank's shard of the model in `folder` (or GGUF file), computing in
     `dtype`.
 
     `tp` is the TP group's collectives (hpcinfer.parallel.comm), which know this rank's
     place in the group; None means no tensor parallelism. `task` (model.task) must be
-    one the family can do; "auto" takes its default. `pooling` (model.pooling) is for
-    families whose `embed` can pool in several ways; "auto" lets the model decide.
+    one the family can do; "auto" takes its default. `options` are further [model] keys
+    (MODEL_OPTIONS, e.g. prompt_name): one set to other than its default is refused for
+    a family that does not take it.
     """
     config = read_config(folder)
     family = family_of(folder, config)
@@ -130,18 +140,13 @@ def load_model(
             f"({folder}); it can do: {', '.join(family.tasks)}"
         )
     task = family.tasks[0] if task == "auto" else task
-    options = {}
-    if pooling != "auto":
-        if task != "embed" or pooling not in family.poolings:
-            can = (
-                f"it takes {', '.join(family.poolings)} for task embed"
-                if family.poolings
-                else ("its pooling is its own")
-            )
+    for key, value in options.items():
+        if key not in MODEL_OPTIONS:
+            raise TypeError(f"load_model: unknown option {key!r}")
+        if key not in family.options and value != MODEL_OPTIONS[key]:
             raise JobError(
-                f"model.pooling = {pooling!r} does not apply to task {task!r} of model_type "
-                f"{config['model_type']!r} ({folder}); {can}"
+                f"model.{key} = {value!r} is not available for model_type "
+                f"{config['model_type']!r} ({folder})"
             )
-        options["pooling"] = pooling
-    module = family.load_module()
-    return module.load(folder, config, backend, dtype, tp or Solo(), task, **options)
+    taken = {k: v for k, v in options.items() if k in family.options}
+    return family.load_module().load(folder, config, backend, dtype, tp or Solo(), task, **taken)

@@ -6,6 +6,7 @@ engine, the dry run and the chunk files read those, never guess from attributes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
@@ -39,13 +40,18 @@ class Model(Protocol):
     outputs: dict[str, OutputSpec]
     #: bytes of weights this rank holds (its TP shard plus replicated parts)
     weight_bytes: int
+    #: ITEMS models: texts can be given (it has a tokenizer), not only token ids
+    reads_texts: bool
 
     def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """ROWS: a host batch (B, *row_shape) -> {dataset: host array (B, *shape)}."""
 
-    def predict_items(self, items: list[Any], batch_size: int) -> dict[str, np.ndarray]:
+    def predict_items(
+        self, items: list[Any], max_tokens: int, on_rows: Callable[[int], None] | None = None
+    ) -> dict[str, np.ndarray]:
         """ITEMS: texts or token-id lists -> {dataset: host array (len(items), *shape)},
-        in the order given (the model batches them as it likes)."""
+        in the order given; batched as the model likes, within `max_tokens` padded tokens
+        a batch; `on_rows(n)` after each batch (live progress)."""
 
     def rank_metrics(self) -> dict[str, float]:
         """Counters this rank's model kept (e.g. tokens computed), for rank_metrics."""

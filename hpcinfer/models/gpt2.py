@@ -24,6 +24,7 @@ the (B, L, V) logits never cross ranks, and the head's weights and compute are 1
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -32,11 +33,12 @@ from typing import Any
 import numpy as np
 
 from hpcinfer.errors import JobError
+from hpcinfer.io.file_checks import short_repr
 from hpcinfer.io.safetensors_checkpoint import open_weights
 from hpcinfer.io.tokenizer_files import load_tokenizer
 from hpcinfer.models.base import OutputSpec
 from hpcinfer.models.shards import Part, ShardTable, read_table, whole
-from hpcinfer.models.text import TextModel, check_heads_split, encode_items
+from hpcinfer.models.text import TextModel, check_heads_split
 from hpcinfer.models.transformer import attention, gelu_erf, gelu_tanh, layer_norm, split_heads
 from hpcinfer.models.vocab import LOGITS_BYTES, head_logprobs, vocab_lookup
 from hpcinfer.parallel.partition import split_range, split_slice
@@ -62,35 +64,40 @@ class Gpt2Config:
 
     @classmethod
     def from_json(cls, config: dict[str, Any], where: Path, names: Any = ()) -> Gpt2Config:
-        """`names`: the weight file's tensor names (they decide the prefix)."""
+        """`names`: the weight file's tensor names (they decide the prefix). Every size is
+        checked here, before a weight is read: a config that cannot describe a model is one
+        line naming the key, never a division by zero or a computation of nonsense."""
         activation = config.get("activation_function", "gelu_new")
         if activation not in ACTIVATIONS:
             raise JobError(
-                f"{where}: activation_function {activation!r} is not supported "
+                f"{where}: activation_function {short_repr(activation)} is not supported "
                 f"(known: {', '.join(ACTIVATIONS)})"
             )
-        if config.get("add_cross_attention"):
+        if flag(config, "add_cross_attention", False, where):
             raise JobError(f"{where}: add_cross_attention is not supported (decoder-only GPT-2)")
-        try:
-            hidden, heads = int(config["n_embd"]), int(config["n_head"])
-            layers, vocab = int(config["n_layer"]), int(config["vocab_size"])
-            positions = int(config.get("n_positions", config.get("n_ctx", 1024)))
-        except (KeyError, TypeError, ValueError) as e:
-            raise JobError(f"{where}: missing or invalid {e}") from None
+        hidden, heads = count(config, "n_embd", where), count(config, "n_head", where)
+        layers, vocab = count(config, "n_layer", where), count(config, "vocab_size", where)
+        key = "n_positions" if "n_positions" in config or "n_ctx" not in config else "n_ctx"
+        positions = count(config, key, where, 1024)
         if hidden % heads:
             raise JobError(f"{where}: n_embd {hidden} is not a multiple of n_head {heads}")
+        eps = config.get("layer_norm_epsilon", 1e-5)
+        if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 < eps < 1:
+            raise JobError(
+                f"{where}: layer_norm_epsilon must be a number in (0, 1), got {short_repr(eps)}"
+            )
         return cls(
             hidden=hidden,
             heads=heads,
             layers=layers,
-            inner=int(config.get("n_inner") or 4 * hidden),
+            inner=count(config, "n_inner", where, 4 * hidden),
             vocab=vocab,
             positions=positions,
-            eps=float(config.get("layer_norm_epsilon", 1e-5)),
+            eps=float(eps),
             activation=activation,
-            scale_by_layer=bool(config.get("scale_attn_by_inverse_layer_idx", False)),
-            scale_attn=bool(config.get("scale_attn_weights", True)),
-            tied=bool(config.get("tie_word_embeddings", True)),
+            scale_by_layer=flag(config, "scale_attn_by_inverse_layer_idx", False, where),
+            scale_attn=flag(config, "scale_attn_weights", True, where),
+            tied=flag(config, "tie_word_embeddings", True, where),
             prefix="transformer." if "transformer.wte.weight" in names else "",
         )
 
@@ -173,6 +180,27 @@ class Gpt2Config:
         }
 
 
+def count(config: dict[str, Any], key: str, where: Path, default: int | None = None) -> int:
+    """config[key] as a size: a positive integer (null or absent: `default`, if any)."""
+    value = config.get(key)
+    if value is None and default is not None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        what = "missing" if key not in config else f"got {short_repr(value)}"
+        raise JobError(f"{where}: {key} must be a positive integer; {what}")
+    return value
+
+
+def flag(config: dict[str, Any], key: str, default: bool, where: Path) -> bool:
+    """config[key] as true or false (null or absent: `default`); "false" is not false."""
+    value = config.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise JobError(f"{where}: {key} must be true or false, got {short_repr(value)}")
+    return value
+
+
 def activate(x: Any, name: str, xp: Any, erf: Any) -> Any:
     if name == "gelu":
         return gelu_erf(x, erf)
@@ -252,20 +280,26 @@ class Gpt2Scorer(TextModel):
         self.bind(backend, dtype, tp, host, forward)  # weight_bytes: what the file holds
         self.params["layers"]["attn.scale"] = backend.asarray(self.cfg.attention_scales(dtype))
 
-    def predict_items(self, items: list, batch_size: int) -> dict[str, np.ndarray]:
+    def predict_items(
+        self, items: list, max_tokens: int, on_rows: Callable[[int], None] | None = None
+    ) -> dict[str, np.ndarray]:
         """Scores in input order; texts batched by length so padding stays small."""
-        ids = encode_items(self.tokenizer, items, self.cfg.positions, self.cfg.vocab)
+        ids = self.encode(items, self.cfg.positions, self.cfg.vocab)
         logprob = np.zeros(len(items), np.float64)
-        for rows, token_logp in self.run_batches(ids, batch_size):
+        for rows, token_logp in self.run_batches(ids, max_tokens):
             logprob[rows] = token_logp.astype(np.float64).sum(axis=1)  # summed in float64
+            if on_rows is not None:
+                on_rows(len(rows))
         num_tokens = np.array([len(t) for t in ids], np.int64)
         return {"logprob": logprob, "num_tokens": num_tokens}
 
-    def activation_bytes(self, batch_size: int) -> int:
-        c, seq = self.cfg, self.cfg.positions
-        per_row = seq * (4 * c.hidden + c.inner // self.tp_size + c.heads // self.tp_size * seq)
-        logits = min(LOGITS_BYTES, batch_size * seq * c.vocab // self.tp_size * self.dtype.itemsize)
-        return batch_size * per_row * self.dtype.itemsize + logits
+    def activation_bytes(self, max_tokens: int) -> int:
+        """A batch's largest temporaries: (tokens, hidden) arrays, the MLP's (tokens,
+        inner / tp), the attention scores, and the head's logits (capped)."""
+        c, seq = self.cfg, min(self.cfg.positions, max_tokens)
+        per_token = 4 * c.hidden + c.inner // self.tp_size + c.heads // self.tp_size * seq
+        logits = min(LOGITS_BYTES, max_tokens * c.vocab // self.tp_size * self.dtype.itemsize)
+        return max_tokens * per_token * self.dtype.itemsize + logits
 
     def describe(self) -> dict[str, Any]:
         c = self.cfg

@@ -27,6 +27,7 @@ RMSNorm's output at the last token, or its mean over the tokens; model.pooling).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from hpcinfer.models.llama_gguf import GgufWeights
 from hpcinfer.models.rope import attention_factor, cos_sin, dynamic_inverse, inverse_frequencies
 from hpcinfer.models.rope import rotate as rotate_half
 from hpcinfer.models.shards import read_table
-from hpcinfer.models.text import TextModel, encode_items
+from hpcinfer.models.text import TextModel
 from hpcinfer.models.transformer import attention, gelu_erf, gelu_tanh, split_heads
 from hpcinfer.models.vocab import LOGITS_BYTES, head_logprobs, vocab_lookup
 from hpcinfer.parallel.partition import split_range
@@ -248,6 +249,11 @@ class LlamaModel(TextModel):
                 f"{weights.path}: tie_word_embeddings is false but lm_head.weight is missing: "
                 "without its output head the model cannot score (task embed needs none)"
             )
+        if pooling != "auto" and task != "embed":
+            raise JobError(
+                f"model.pooling = {pooling!r} does not apply to task {task!r} ({where}); "
+                "pooling is for task embed"
+            )
         self.task = task
         self.pooling, self.normalize = (
             read_pooling(path, pooling) if task == "embed" else ("", False)
@@ -291,19 +297,27 @@ class LlamaModel(TextModel):
         if any(cfg.windows):
             self.params["layers"]["attn.window"] = backend.asarray(np.array(cfg.windows))
 
-    def predict_items(self, items: list, batch_size: int) -> dict[str, np.ndarray]:
+    def predict_items(
+        self, items: list, max_tokens: int, on_rows: Callable[[int], None] | None = None
+    ) -> dict[str, np.ndarray]:
         """Results in input order; texts batched by length so padding stays small."""
-        ids = encode_items(self.tokenizer, items, self.cfg.max_length, self.cfg.vocab)
+        ids = self.encode(items, self.cfg.max_length, self.cfg.vocab)
         if self.task == "embed":
             out = np.empty((len(items), self.cfg.hidden), np.float32)
-            for rows, y in self.run_batches(ids, batch_size):
+            for rows, y in self.run_batches(ids, max_tokens):
                 if self.normalize:
-                    y = y / np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), 1e-12)
-                out[rows] = y
+                    norms = np.linalg.norm(y, axis=-1, keepdims=True)
+                    out[rows] = y / np.maximum(norms, 1e-12)
+                else:
+                    out[rows] = y
+                if on_rows is not None:
+                    on_rows(len(rows))
             return {"embeddings": out}
         logprob = np.zeros(len(items), np.float64)
-        for rows, token_logp in self.run_batches(ids, batch_size):
+        for rows, token_logp in self.run_batches(ids, max_tokens):
             logprob[rows] = token_logp.astype(np.float64).sum(axis=1)  # summed in float64
+            if on_rows is not None:
+                on_rows(len(rows))
         return {"logprob": logprob, "num_tokens": np.array([len(t) for t in ids], np.int64)}
 
     def final_hidden(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -312,15 +326,18 @@ class LlamaModel(TextModel):
         ids, mask = self.backend.asarray_int(ids), self.backend.asarray_int(mask)
         return self.backend.to_host(self._hidden(self.params, ids, mask))
 
-    def activation_bytes(self, batch_size: int) -> int:
-        c, tp, seq = self.cfg, self.tp_size, self.cfg.max_length
+    def activation_bytes(self, max_tokens: int) -> int:
+        """A batch's largest temporaries: (tokens, hidden) arrays, the fused gate/up
+        (tokens, 2 inner / tp), q/k/v, the attention scores, and the head's logits
+        (capped)."""
+        c, tp = self.cfg, self.tp_size
+        seq = min(c.max_length, max_tokens)
         heads = -(-c.heads // tp)
-        per_row = seq * (4 * c.hidden + 2 * -(-c.inner // tp) + 3 * heads * c.head_dim)
-        per_row += heads * seq * seq  # attention scores
+        per_token = 4 * c.hidden + 2 * -(-c.inner // tp) + 3 * heads * c.head_dim + heads * seq
         logits = 0
         if self.task == "score":
-            logits = min(LOGITS_BYTES, batch_size * seq * -(-c.vocab // tp) * self.dtype.itemsize)
-        return batch_size * per_row * self.dtype.itemsize + logits
+            logits = min(LOGITS_BYTES, max_tokens * -(-c.vocab // tp) * self.dtype.itemsize)
+        return max_tokens * per_token * self.dtype.itemsize + logits
 
     def describe(self) -> dict[str, Any]:
         c = self.cfg

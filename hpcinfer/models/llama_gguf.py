@@ -175,15 +175,17 @@ class GgufWeights:
         rows: slice = slice(None),
         cols: slice = slice(None),
         dtype: Any = "float32",
+        check_finite: bool = False,
     ) -> np.ndarray:
         """Tensor `name`[rows, cols], dequantized; Q/K rows (whole heads) in HF order."""
         info = self.info(name)
+        dtype = dtype or "float32"
         if name not in self._permuted:
-            return self.file.read(self._names[name], rows, cols, dtype or "float32")
+            return self.file.read(self._names[name], rows, cols, dtype, check_finite)
         r0, r1 = contiguous(rows, info.shape[0], "row")
         if r0 % self.head_dim or r1 % self.head_dim:
             raise ValueError(f"{name}: rows {r0}:{r1} are not whole heads of {self.head_dim}")
-        data = self.file.read(self._names[name], slice(r0, r1), cols, dtype or "float32")
+        data = self.file.read(self._names[name], slice(r0, r1), cols, dtype, check_finite)
         return unpermute_rows(data, (r1 - r0) // self.head_dim) if r1 > r0 else data
 
     def read_transposed(
@@ -192,10 +194,11 @@ class GgufWeights:
         rows: slice = slice(None),
         cols: slice = slice(None),
         dtype: Any = "float32",
+        check_finite: bool = False,
     ) -> np.ndarray:
         if name not in self._permuted:
-            return self.file.read_transposed(self._names[name], rows, cols, dtype)
-        return np.ascontiguousarray(self.read(name, rows, cols, dtype).T)
+            return self.file.read_transposed(self._names[name], rows, cols, dtype, check_finite)
+        return np.ascontiguousarray(self.read(name, rows, cols, dtype, check_finite).T)
 
 
 def gguf_name(hf: str) -> str:

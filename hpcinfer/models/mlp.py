@@ -27,6 +27,7 @@ import numpy as np
 
 from hpcinfer.backends import compile_forward
 from hpcinfer.errors import JobError
+from hpcinfer.io.file_checks import short_repr
 from hpcinfer.io.safetensors_checkpoint import open_weights
 from hpcinfer.models.base import InputKind, OutputSpec
 from hpcinfer.models.params import tree_map, tree_nbytes
@@ -132,20 +133,20 @@ class MLPConfig:
             or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes)
         ):
             raise JobError(
-                f"{where}: layer_sizes must be a list of >= 2 positive integers, got {sizes!r}"
+                f"{where}: layer_sizes must be a list of >= 2 positive integers, "
+                f"got {short_repr(sizes)}"
             )
         activation = config.get("activation", "relu")
         output_activation = config.get("output_activation", "identity")
-        if activation not in ACTIVATIONS:
-            raise JobError(
-                f"{where}: activation {activation!r} is not supported "
-                f"(known: {', '.join(ACTIVATIONS)})"
-            )
-        if output_activation not in OUTPUT_ACTIVATIONS:
-            raise JobError(
-                f"{where}: output_activation {output_activation!r} is not supported "
-                f"(known: {', '.join(OUTPUT_ACTIVATIONS)})"
-            )
+        for key, value, known in (
+            ("activation", activation, ACTIVATIONS),
+            ("output_activation", output_activation, OUTPUT_ACTIVATIONS),
+        ):
+            if not isinstance(value, str) or value not in known:
+                raise JobError(
+                    f"{where}: {key} {short_repr(value)} is not supported "
+                    f"(known: {', '.join(known)})"
+                )
         return cls(tuple(sizes), activation, output_activation)
 
     def check_tp(self, tp: int, where: Path) -> None:
@@ -208,6 +209,7 @@ class MLP:
     """
 
     input_kind = InputKind.ROWS
+    reads_texts = False
 
     def __init__(
         self,

@@ -33,10 +33,22 @@ class WeightFile(Protocol):
 
     def info(self, name: str) -> Any: ...
 
-    def read(self, name: str, rows: slice = ALL, cols: slice = ALL, dtype: Any = None) -> Any: ...
+    def read(
+        self,
+        name: str,
+        rows: slice = ALL,
+        cols: slice = ALL,
+        dtype: Any = None,
+        check_finite: bool = False,
+    ) -> Any: ...
 
     def read_transposed(
-        self, name: str, rows: slice = ALL, cols: slice = ALL, dtype: Any = "float32"
+        self,
+        name: str,
+        rows: slice = ALL,
+        cols: slice = ALL,
+        dtype: Any = "float32",
+        check_finite: bool = False,
     ) -> Any: ...
 
 
@@ -98,11 +110,16 @@ def check_shape(weights: WeightFile, part: Part) -> tuple[int, ...]:
 
 
 def read_part(weights: WeightFile, part: Part, dtype: str) -> np.ndarray:
-    """This rank's piece of one tensor, in `dtype`, reading only its ranges."""
+    """This rank's piece of one tensor, in `dtype`, reading only its ranges. A NaN or Inf
+    in it (stored, or from the cast) is a JobError naming the tensor: a model must not
+    compute silently wrong results from broken weights."""
     stored = check_shape(weights, part)
     cols = part.cols if len(stored) == 2 else (ALL,)
     reader = weights.read_transposed if part.transpose else weights.read
-    pieces = [[reader(part.name, rows=r, cols=c, dtype=dtype) for c in cols] for r in part.rows]
+    pieces = [
+        [reader(part.name, rows=r, cols=c, dtype=dtype, check_finite=True) for c in cols]
+        for r in part.rows
+    ]
     col_axis, row_axis = (0, 1) if part.transpose else (1, 0)
     joined = [p[0] if len(p) == 1 else np.concatenate(p, axis=col_axis) for p in pieces]
     return joined[0] if len(joined) == 1 else np.concatenate(joined, axis=row_axis)

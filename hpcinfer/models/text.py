@@ -2,14 +2,16 @@
 forward.
 
 Texts of mixed lengths padded to the longest waste most of the FLOPs, so a chunk's texts
-are sorted by length, cut into batches padded to one of a few lengths (few shapes for
-XLA to compile), and the results put back in input order.
+are batched by length under a token budget, or packed several to a row
+(models/batching.py), and the results put back in input order.
+
+A text is cut before it is tokenized (io.text_cut: a huge row costs a few MB) and readers
+cut rows to the model's `text_cut()`; rows that lost tokens are counted (`rows_truncated`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,152 +20,55 @@ import numpy as np
 
 from hpcinfer.backends import compile_forward
 from hpcinfer.errors import BadRow, JobError
+from hpcinfer.io.text_cut import TextCut, TextPrefix, cut_chars, encode_texts
 from hpcinfer.io.text_tokenizer import TextTokenizer
 from hpcinfer.models.base import InputKind
+from hpcinfer.models.batching import TokenCounts, length_batches, packed_batches
 from hpcinfer.models.params import tree_map, tree_nbytes
 from hpcinfer.parallel.tensor import Collectives
 
 
-def padded_length(n: int) -> int:
-    """The padded sequence length for a batch whose longest text has n tokens: the next of
-    16, 24, 32, 48, 64, 96, 128, ... (at most ~1.5x padding; few shapes for XLA to compile)."""
-    size = 16
-    while True:
-        for candidate in (size, size * 3 // 2):
-            if n <= candidate:
-                return candidate
-        size *= 2
-
-
 def encode_items(
-    tokenizer: TextTokenizer | None, items: Sequence[Any], max_length: int, vocab_size: int
+    tokenizer: TextTokenizer | None,
+    items: Sequence[Any],
+    max_length: int,
+    vocab_size: int,
+    counts: TokenCounts | None = None,
 ) -> list[np.ndarray]:
-    """Token ids of each item: texts through the tokenizer, token-id lists as given (cut
-    to `max_length`). An id outside the vocabulary, or a text for a model without a
-    tokenizer, is a BadRow naming the item."""
+    """Token ids of each item: texts (str or TextPrefix) through the tokenizer, token-id
+    lists as given (cut to `max_length`). An id outside the vocabulary, or a text for a
+    model without a tokenizer, is a BadRow naming the item. `counts.rows_truncated` adds
+    the items that lost tokens."""
     ids: list[np.ndarray | None] = [None] * len(items)
-    texts = [i for i, item in enumerate(items) if isinstance(item, str)]
+    texts = [i for i, item in enumerate(items) if isinstance(item, str | TextPrefix)]
     if texts and tokenizer is None:
         raise BadRow(
             texts[0],
             "a text, but the model folder has no tokenizer (tokenizer.json, vocab.json + "
             "merges.txt, or vocab.txt): give token ids instead",
         )
+    truncated = 0
     if texts:
-        for i, encoded in zip(
-            texts, tokenizer.encode_batch([items[i] for i in texts]), strict=True
-        ):
-            ids[i] = encoded
+        encoded = encode_texts(tokenizer, [items[i] for i in texts])
+        for i, row in zip(texts, encoded.ids, strict=True):
+            ids[i] = row
+        truncated += encoded.truncated
     for i, item in enumerate(items):
         if ids[i] is not None:
             continue
-        given = np.asarray(item, dtype=np.int64)[:max_length]
+        try:
+            given = np.asarray(item, dtype=np.int64)
+        except (OverflowError, ValueError, TypeError):
+            raise BadRow(i, "token ids must be integers that fit int64") from None
+        truncated += len(given) > max_length
+        given = given[:max_length]
         if given.size and (given.min() < 0 or given.max() >= vocab_size):
             bad = given[(given < 0) | (given >= vocab_size)][0]
             raise BadRow(i, f"token id {bad} is outside the vocabulary (0..{vocab_size - 1})")
         ids[i] = given
+    if counts is not None:
+        counts.rows_truncated += truncated
     return ids  # type: ignore[return-value]
-
-
-@dataclass
-class TokenCounts:
-    """Tokens of real text, and tokens computed (padding included): their ratio is the
-    padding efficiency, reported per rank in the output's rank_metrics."""
-
-    real: int = 0
-    computed: int = 0
-
-
-def longest(n: int) -> int:
-    """A batch's padded length where no compiler wants few shapes: its longest text's."""
-    return max(n, 2)
-
-
-TIGHT_PADDING = 1.1  # tight batches: padded tokens <= 1.1 x real + 2 per row
-
-
-def row_groups(
-    order: np.ndarray, lengths: list[int], batch_size: int, pad_to: Any, tight: bool
-) -> Iterator[list[int]]:
-    """Consecutive runs of `order` (rows by ascending length), at most `batch_size` each.
-    `tight`: a run also ends before a row that would pad the run beyond TIGHT_PADDING of
-    its real tokens, so a chunk's few long texts do not pad its short ones to their length
-    (they form small batches of their own)."""
-    group: list[int] = []
-    real = 0
-    for i in order:
-        n = lengths[i]
-        full = len(group) == batch_size
-        wasteful = (len(group) + 1) * pad_to(n) > TIGHT_PADDING * (real + n) + 2 * (len(group) + 1)
-        if group and (full or (tight and wasteful)):
-            yield group
-            group, real = [], 0
-        group.append(int(i))
-        real += n
-    if group:
-        yield group
-
-
-def bucket_groups(
-    order: np.ndarray, lengths: list[int], batch_size: int
-) -> Iterator[tuple[list[int], int]]:
-    """(rows, height) runs of `order` (ascending length) that share one padded length
-    (`padded_length`), at most `bucket_rows(L, batch_size)` rows each: a compiled backend
-    sees one shape per padded length, and each batch holds about batch_size x 16 tokens."""
-    group: list[int] = []
-    bucket = 0
-    for i in order:
-        b = padded_length(lengths[i])
-        if group and (b != bucket or len(group) == bucket_rows(bucket, batch_size)):
-            yield group, bucket_rows(bucket, batch_size)
-            group = []
-        group.append(int(i))
-        bucket = b
-    if group:
-        yield group, bucket_rows(bucket, batch_size)
-
-
-def bucket_rows(length: int, batch_size: int) -> int:
-    """Rows of a tight compiled batch of padded length `length`: batch_size x 16 tokens."""
-    return max(1, min(batch_size, batch_size * 16 // length))
-
-
-def length_batches(
-    ids: list[np.ndarray],
-    batch_size: int,
-    full_height: bool,
-    counts: TokenCounts,
-    style: str = "fixed",
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(rows, token ids (B, L), mask (B, L)) per batch, rows sorted by length so padding
-    stays small. `style`:
-
-    fixed    batch_size rows, L from `padded_length` (few shapes); with `full_height`
-             every batch has batch_size rows (the extra ones empty, all masked), so
-             compiled backends see fewer shapes still
-    tight    (decoders, uncompiled) L the longest row's, batches cut by `row_groups`
-    buckets  (decoders, JAX) L from `padded_length`, one length per batch, rows from
-             `bucket_rows` (`bucket_groups`): one shape per padded length
-    """
-    lengths = [len(t) for t in ids]
-    order = np.argsort(lengths, kind="stable")
-    pad_to = longest if style == "tight" else padded_length
-    if style == "buckets":
-        groups = bucket_groups(order, lengths, batch_size)
-    else:
-        rows_of = row_groups(order, lengths, batch_size, pad_to, style == "tight")
-        groups = ((g, batch_size if full_height else len(g)) for g in rows_of)
-    for group, height in groups:
-        rows = np.array(group, dtype=np.int64)
-        seq = pad_to(max(lengths[i] for i in rows))
-        batch = np.zeros((height, seq), np.int64)
-        mask = np.zeros((height, seq), np.int64)
-        for j, i in enumerate(rows):
-            batch[j, : len(ids[i])] = ids[i]
-            mask[j, : len(ids[i])] = 1
-        counts.real += sum(len(ids[i]) for i in rows)
-        counts.computed += batch.size
-        yield rows, batch, mask
 
 
 def check_heads_split(heads: int, tp: int, where: Path) -> None:
@@ -181,39 +86,84 @@ class TextModel:
 
     input_kind = InputKind.ITEMS
     row_shape: tuple[int, ...] = ()
-    #: batches that pad little (decoders: every padded token costs a whole pass): numpy
-    #: and cupy pad a batch to its longest text and cut batches where lengths jump
-    #: (`row_groups`); compiled JAX keeps `padded_length`'s few shapes but never mixes
-    #: them in a batch, and fits the rows to the length (`bucket_groups`)
+    #: batches that pad little (decoders: every padded token costs a whole pass): when
+    #: not compiled, a batch is padded to its longest text (to a multiple of 8), not to
+    #: the next `padded_length` (which keeps a compiler's shapes few)
     tight_padding = False
 
-    def bind(self, backend: Any, dtype: str, tp: Collectives, host: dict, forward: Any) -> None:
-        """`forward(params, ids, mask, *, xp, erf, scan, tp)`: the model's pure forward."""
+    @property
+    def reads_texts(self) -> bool:
+        """Texts can be given, not only token ids: the folder has a tokenizer."""
+        return self.tokenizer is not None
+
+    tokenizer: TextTokenizer | None = None  # set by the subclass before `bind`
+
+    def bind(
+        self,
+        backend: Any,
+        dtype: str,
+        tp: Collectives,
+        host: dict,
+        forward: Any,
+        packed: bool = False,
+    ) -> None:
+        """`forward(params, *arrays, xp, erf, scan, tp)`: the model's pure forward, over
+        (ids, mask) batches, or with `packed` over PackedBatch arrays (then also given the
+        backend's segment_sum and segment_max)."""
         self.backend, self.dtype, self.tp_size = backend, np.dtype(dtype), tp.size
         self.weight_bytes = tree_nbytes(host)  # this rank's share
         self.params = tree_map(backend.asarray, host)
         self.compiled = tp.traceable and backend.name == "jax"
         self.token_counts = TokenCounts()
-        bound = partial(forward, xp=backend.xp, erf=backend.erf, scan=backend.scan_layers, tp=tp)
-        self._forward = compile_forward(backend, tp, bound)
+        ops = {"xp": backend.xp, "erf": backend.erf, "scan": backend.scan_layers, "tp": tp}
+        if packed:
+            ops |= {"segment_sum": backend.segment_sum, "segment_max": backend.segment_max}
+        self._forward = compile_forward(backend, tp, partial(forward, **ops))
 
     def run_batches(
-        self, ids: list[np.ndarray], batch_size: int
+        self, ids: list[np.ndarray], max_tokens: int
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(rows, host result of those rows) per batch, rows batched by length."""
-        style = "fixed"
-        if self.tight_padding:
-            style = "buckets" if self.backend.name == "jax" else "tight"
-        batches = length_batches(ids, batch_size, self.compiled, self.token_counts, style)
+        tight = self.tight_padding and self.backend.name != "jax"
+        batches = length_batches(ids, max_tokens, self.compiled, self.token_counts, tight)
         for rows, batch, mask in batches:
             y = self._forward(
                 self.params, self.backend.asarray_int(batch), self.backend.asarray_int(mask)
             )
             yield rows, self.backend.to_host(y)[: len(rows)]
 
+    def run_packed(
+        self,
+        ids: list[np.ndarray],
+        max_tokens: int,
+        position_ids: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(rows, host result of those rows) per batch, sequences packed several a row."""
+        as_int = self.backend.asarray_int
+        batches = packed_batches(ids, max_tokens, self.compiled, self.token_counts, position_ids)
+        for b in batches:
+            arrays = (b.ids, b.segments, b.positions, b.first, b.lengths)
+            y = self._forward(self.params, *(as_int(a) for a in arrays))
+            yield b.rows, self.backend.to_host(y)[: len(b.rows)]
+
+    def encode(self, items: Sequence[Any], max_length: int, vocab_size: int) -> list[np.ndarray]:
+        """encode_items with this model's tokenizer, counting the rows that lost tokens."""
+        return encode_items(self.tokenizer, items, max_length, vocab_size, self.token_counts)
+
+    def text_cut(self) -> TextCut:
+        """How much of a row a reader need keep: the characters the tokenizer is given at
+        first, and one token id more than the maximum length (so a cut list counts as
+        truncated)."""
+        max_length = int(self.describe()["max_length"])
+        chars = cut_chars(self.tokenizer) if self.tokenizer else 64  # no tokenizer: texts refused
+        return TextCut(chars, max_length + 1)
+
     def rank_metrics(self) -> dict[str, float]:
-        """Tokens of text and tokens computed (padding included) on this rank."""
+        """Tokens of text and tokens computed (padding included) on this rank, and the
+        rows that lost tokens (cut, or truncated to the maximum length)."""
         return {
             "tokens_real": self.token_counts.real,
             "tokens_computed": self.token_counts.computed,
+            "rows_truncated": self.token_counts.rows_truncated,
+            "batch_shapes": len(self.token_counts.shapes),  # compiled programs, under JAX
         }

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from hpcinfer.errors import JobError, RunError
+from hpcinfer.errors import Agreed, JobError, RunError
 
 THREAD_VARS = (
     "OMP_NUM_THREADS",
@@ -113,7 +113,7 @@ def start(requested_threads: int = 0) -> Runtime:
 
 
 def agree(rt: Runtime, error: JobError | None) -> None:
-    """Collective: if validation failed on any rank, every rank raises SystemExit(2).
+    """Collective: if validation failed on any rank, every rank raises `Agreed` (exit 2).
 
     Only rank 0 prints, one line; the message is the lowest failing rank's.
     """
@@ -125,16 +125,17 @@ def agree(rt: Runtime, error: JobError | None) -> None:
         r, msg = failing[0]
         where = "" if len(failing) == rt.size else f" (on rank {r} of {rt.size})"
         print(f"hpcinfer: error: {msg}{where}", file=sys.stderr, flush=True)
-    raise SystemExit(JobError.exit_code)
+    r, msg = failing[0]
+    raise Agreed(msg + ("" if len(failing) == rt.size else f" (on rank {r} of {rt.size})"))
 
 
 def run_or_abort(rt: Runtime, fn: Callable[[], int]) -> int:
     """Run `fn`; an exception on this rank aborts the whole job with a one-line message."""
     try:
         return fn()
-    except SystemExit:
+    except (SystemExit, Agreed):  # every rank knows already: nothing to abort
         raise
-    except BaseException as e:  # any failure must end every rank
+    except BaseException as e:  # noqa: BLE001 (any failure must end every rank)
         code = e.exit_code if isinstance(e, JobError | RunError) else 1
         if not isinstance(e, JobError | RunError | KeyboardInterrupt):
             traceback.print_exc(file=sys.stderr)

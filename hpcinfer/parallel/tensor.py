@@ -26,8 +26,6 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from hpcinfer.parallel.partition import split_range, split_sizes
-
 
 class Collectives(Protocol):
     """What tensor-parallel kernels need from their group."""
@@ -55,17 +53,6 @@ class Solo:
 
     def all_gather_last(self, x: Any, counts: tuple[int, ...]) -> Any:
         return x
-
-
-def shard(n: int, tp: Collectives) -> slice:
-    """The slice of a dimension of size n that this rank of the TP group holds."""
-    r = split_range(n, tp.rank, tp.size)
-    return slice(r.start, r.stop)
-
-
-def shard_sizes(n: int, tp: Collectives) -> tuple[int, ...]:
-    """Every rank's share of a dimension of size n, in rank order (for all-gathers)."""
-    return tuple(split_sizes(n, tp.size))
 
 
 def matmul(x: Any, w: Any) -> Any:

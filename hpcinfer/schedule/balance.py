@@ -154,7 +154,6 @@ class GroupClaims:
 
         self.grid, self.n_chunks, self.mode = grid, n_chunks, mode
         self.should_stop = should_stop
-        self.stopped = False  # the leader stopped claiming before the work ran out
         self.stealer: Stealer | None = None
         self.words = None
         if grid.is_leader and mode == "steal":
@@ -177,7 +176,6 @@ class GroupClaims:
             if index is None:
                 return
             yield index
-        self.stopped = True
 
     def __iter__(self) -> Iterator[int]:
         tp = self.grid.tp_group

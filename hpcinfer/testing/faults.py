@@ -15,12 +15,15 @@ world rank (default: every rank).
     kind=warn,after=0                    a Python warning before every chunk
     kind=rowcost,seconds=1e-4,skew=10    a chunk sleeps seconds x its rows, x skew for
                                          rows in the first half of the input
+    at=assemble,kind=fsize,bytes=N       rank 0 may write files of at most N bytes while
+                                         it assembles the output (a full disk)
 """
 
 from __future__ import annotations
 
 import os
 import random
+import resource
 import time
 import warnings
 
@@ -77,6 +80,12 @@ class FaultHooks(Hooks):
             if self.files_started == int(fault.get("after", "0")):
                 fail(fault.get("kind", "raise"), fault, f"at write #{self.files_started}")
         self.files_started += 1
+
+    def before_assembly(self) -> None:
+        for fault in self._mine("assemble"):
+            if fault.get("kind") == "fsize":  # writes past it fail with EFBIG
+                limit = int(fault.get("bytes", "0"))
+                resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
 
 
 def fail(kind: str, fault: dict[str, str], where: str) -> None:

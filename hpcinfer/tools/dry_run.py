@@ -6,6 +6,7 @@ import contextlib
 
 import numpy as np
 
+from hpcinfer.checkpoint.columns import stored_type
 from hpcinfer.checkpoint.identity import job_identity
 from hpcinfer.checkpoint.lock import lock_path_for, read_holder
 from hpcinfer.checkpoint.state import ResumeState, Start, resume_state
@@ -46,37 +47,43 @@ def describe_start(plan: Plan, state: ResumeState) -> str:
     return "a fresh run"
 
 
+def where(plan: Plan) -> str:
+    """The input as the user named it: a file, and the HDF5 dataset when there is one."""
+    reader = plan.reader
+    hdf5 = not reader.items or reader.kind.startswith("hdf5")
+    return f"{reader.path}:{reader.dataset}" if hdf5 else str(reader.path)
+
+
 def print_dry_run(plan: Plan, rt: Runtime) -> None:
     """The plan of a validated job, printed by rank 0; reads the partial run, writes nothing."""
-    grid, job, model = plan.grid, plan.job, plan.model
+    grid, job, model, settings = plan.grid, plan.job, plan.model, plan.settings
     weights = rt.comm.gather(model.weight_bytes, root=0)
     if rt.rank != 0:
         return
     blocks = [len(split_range(len(plan.chunks), g, grid.dp_size)) for g in range(grid.dp_size)]
-    out_bytes = sum(o.row_bytes for o in model.outputs.values())
+    out_bytes = sum(c.spec.row_bytes for c in plan.columns.values())
     row_bytes = 0  # texts: token ids, small next to the activations
-    results_rows = job.run.chunk_size  # texts: a chunk's outputs are written at its end
+    results_rows = settings.chunk_size  # texts: a chunk's outputs are written at its end
+    batch = settings.max_batch_tokens  # texts: a batch is this many (padded) tokens
     if model.input_kind is InputKind.ROWS:
-        results_rows = job.run.batch_size  # rows: each batch's outputs are written at once
+        batch = results_rows = job.run.batch_size  # rows: each batch's written at once
         row_bytes = np.prod(plan.reader.row_shape, dtype=np.int64) * plan.reader.dtype.itemsize
-    batch = job.run.batch_size
-    state = resume_state(
-        job.output.path, job_identity(job, plan.reader), len(plan.chunks), verify_files=False
-    )
+    identity = job_identity(job, plan.reader, settings.chunk_size)
+    state = resume_state(job.output.path, identity, len(plan.chunks), verify_files=False)
     print(
         f"hpcinfer: dry run: {job.source} is valid; nothing computed\n"
         f"  model   {job.model.path} ({model.describe().get('model_type')}), weights "
         f"{human_bytes(max(weights))} per rank (largest), {human_bytes(sum(weights))} in all\n"
-        f"  input   {plan.reader.path}:{plan.reader.dataset}, {describe_reader(plan.reader)}\n"
+        f"  input   {where(plan)}, {describe_reader(plan.reader)}\n"
         f"  output  {job.output.path}: "
         + ", ".join(
-            f"{n} {(plan.n_rows, *o.shape)} {np.dtype(o.dtype).name}"
-            for n, o in model.outputs.items()
+            f"{n} {(plan.n_rows, *c.spec.shape)} {stored_type(c)}" + (" (kept)" if c.kept else "")
+            for n, c in plan.columns.items()
         )
         + f"\n  layout  {rt.size} rank(s) = {grid.dp_size} DP group(s) x tp {grid.tp}, "
-        f"{rt.threads} thread(s) per rank, backend {job.run.backend} ({plan.tp_comm}), "
+        f"{rt.threads} thread(s) per rank, {settings.describe()}, tp_comm {plan.tp_comm}, "
         f"balance {job.run.balance}\n"
-        f"  chunks  {len(plan.chunks):,} of {job.run.chunk_size:,} rows; first blocks per DP "
+        f"  chunks  {len(plan.chunks):,} of {settings.chunk_size:,} rows; first blocks per DP "
         f"group: {blocks if len(blocks) <= 16 else f'{min(blocks)} to {max(blocks)}'} chunks\n"
         f"  memory  per rank ~ weights {human_bytes(max(weights))} + activations "
         f"{human_bytes(model.activation_bytes(batch))} + input batch "

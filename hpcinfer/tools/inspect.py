@@ -16,7 +16,7 @@ import numpy as np
 from hpcinfer.errors import JobError
 from hpcinfer.io.file_checks import human_bytes
 from hpcinfer.models import family_of, open_model_weights, read_config
-from hpcinfer.models.shards import table_elements
+from hpcinfer.models.shards import check_shape, table_elements
 
 CANDIDATE_TP = (1, 2, 3, 4, 6, 8, 12, 16)
 MAX_LISTED_TP = 64  # "valid tp" lists the fitting values up to this
@@ -25,8 +25,10 @@ HEADROOM = 1.25  # weights x this must fit: activations, buffers, the interprete
 
 def weight_elements(arch: Any, tp: int, shapes: dict[str, tuple[int, ...]]) -> int:
     """The largest share any rank of a TP group of `tp` holds, from the shard table the
-    loader reads (so inspect and the loader cannot disagree)."""
-    return max(table_elements(arch.shard_table(r, tp), shapes) for r in range(tp))
+    loader reads (so inspect and the loader cannot disagree), plus what every rank holds
+    whole outside the main weight file (a sentence embedder's Dense modules)."""
+    extra = getattr(arch, "replicated_elements", 0)
+    return max(table_elements(arch.shard_table(r, tp), shapes) for r in range(tp)) + extra
 
 
 def valid_tp(arch: Any) -> str:
@@ -71,20 +73,26 @@ def inspect_model(
     raw = read_config(folder)
     header = open_model_weights(folder, raw)  # the header only
     arch = family_of(folder, raw).load_module().architecture(folder, raw, header)
+    for part in arch.shard_table(0, 1).parts():  # what the loader would refuse, refused
+        check_shape(header, part)
     shapes = {name: t.shape for name, t in header.tensors.items()}
     params = sum(int(np.prod(t.shape, dtype=np.int64)) for t in header.tensors.values())
     by_dtype = Counter()
     for t in header.tensors.values():
         by_dtype[t.dtype] += t.nbytes
     itemsize = np.dtype(dtype).itemsize
+    extra = getattr(arch, "replicated_elements", 0)
+    dense = f" (+ {extra:,} in Dense modules)" if extra else ""
     lines = [
         f"{folder}: {arch.title}",
-        f"  parameters   {params:,} in {len(header.tensors)} tensors; stored "
+        f"  parameters   {params:,} in {len(header.tensors)} tensors{dense}; stored "
         + ", ".join(f"{d} {human_bytes(b)}" for d, b in sorted(by_dtype.items()))
         + f"; in memory as {dtype}: {human_bytes(params * itemsize)}",
         f"  valid tp     {valid_tp(arch)}",
-        f"  {'tp':>4} {'weights/rank':>14} {'all-reduces':>12} {'all-gathers':>12} "
-        f"{'values/' + arch.unit:>12}   (per forward pass)",
+        (
+            f"  {'tp':>4} {'weights/rank':>14} {'all-reduces':>12} {'all-gathers':>12} "
+            f"{'values/' + arch.unit:>12}   (per forward pass)"
+        ),
     ]
     for t in [tp] if tp else CANDIDATE_TP:
         if reason := arch.misfit(t):

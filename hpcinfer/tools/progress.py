@@ -3,7 +3,8 @@
 No collective per batch or chunk: each writing rank adds its finished chunk's rows into
 one word in rank 0's RMA window (an atomic accumulate, ~4 us, once per chunk), and a
 thread on rank 0 reads that word from its own memory. On a terminal it drives a tqdm bar;
-elsewhere (SLURM output files) it prints a plain line every `interval` seconds.
+elsewhere (SLURM output files, mpiexec's piped stderr) it prints a plain line after 2 s,
+then at doubling pauses up to every `interval` seconds.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 from hpcinfer.parallel.comm import AtomicWords
 from hpcinfer.tools.format import format_duration
@@ -22,6 +24,18 @@ def progress_line(done: int, total: int, new_rows: int, elapsed: float) -> str:
     eta = format_duration((total - done) / rate) if rate > 0 else "?"
     share = done / total if total else 1.0
     return f"hpcinfer: {done:,} / {total:,} rows ({share:.1%}), {rate:,.0f} rows/s, ETA {eta}"
+
+
+FIRST_LINE_SECONDS = 2.0
+
+
+def line_pauses(interval: float) -> Iterator[float]:
+    """Seconds before each progress line off a terminal: the first after 2 s (a short run
+    shows life too), then doubling up to `interval`, which then repeats."""
+    pause = min(FIRST_LINE_SECONDS, interval)
+    while True:
+        yield pause
+        pause = min(interval, pause * 2)
 
 
 class LiveProgress:
@@ -52,7 +66,9 @@ class LiveProgress:
         if sys.stderr.isatty():
             self._report_bar()
             return
-        while not self._stop.wait(self.interval):
+        for pause in line_pauses(self.interval):
+            if self._stop.wait(pause):
+                return
             new = self.words.local_value()
             print(
                 progress_line(

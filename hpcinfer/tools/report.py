@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 
 from hpcinfer.errors import JobError
+from hpcinfer.io.file_checks import error_text
 
 
 @dataclass
@@ -30,26 +31,49 @@ class RunRecord:
     chunk_rows: np.ndarray  # rows of each chunk, by index
 
 
+RUN_ATTRS = ("layout", "n_rows", "rank_metrics", "balance_summary")
+CHUNK_FIELDS = ("index", "dp_rank", "start", "end", "stolen", "resumed")
+
+
 def load_run(path: Path) -> RunRecord:
+    """What a finished run recorded in its output; a file that is not one (damaged,
+    truncated, another program's, an older hpcinfer's) is one JobError line naming it."""
+    if not h5py.is_hdf5(path):
+        raise JobError(f"{path}: not an HDF5 file (not an hpcinfer output)")
     try:
         with h5py.File(path, "r") as f:
             if "run/chunks" not in f:
                 raise JobError(f"{path}: no run/chunks log (not written by hpcinfer >= 0.1)")
-            layout = json.loads(f.attrs["layout"])
-            n_rows = int(f.attrs["n_rows"])
-            size = layout["chunk_size"]
-            chunk_rows = np.minimum(size, n_rows - np.arange(layout["n_chunks"]) * size)
-            return RunRecord(
-                path,
-                f["run/chunks"][:],
-                json.loads(f.attrs["rank_metrics"]),
-                json.loads(f.attrs["balance_summary"]),
-                layout,
-                n_rows,
-                chunk_rows,
-            )
-    except OSError as e:
-        raise JobError(f"{path}: cannot read the run's output file ({e})") from None
+            return _record(path, f)
+    except (OSError, RuntimeError, KeyError) as e:
+        raise JobError(f"{path}: cannot read the run's output file ({error_text(e)})") from None
+
+
+def _record(path: Path, f: h5py.File) -> RunRecord:
+    missing = [key for key in RUN_ATTRS if key not in f.attrs]
+    chunks = f["run/chunks"]
+    missing += [
+        f"run/chunks field {name!r}"
+        for name in CHUNK_FIELDS
+        if name not in (chunks.dtype.names or ())
+    ]
+    if missing:
+        raise JobError(f"{path}: not a complete hpcinfer output (missing {', '.join(missing)})")
+    try:
+        layout = json.loads(f.attrs["layout"])
+        n_rows = int(f.attrs["n_rows"])
+        size = int(layout["chunk_size"])
+        chunk_rows = np.minimum(size, n_rows - np.arange(int(layout["n_chunks"])) * size)
+        metrics, summary = (
+            json.loads(f.attrs["rank_metrics"]),
+            json.loads(f.attrs["balance_summary"]),
+        )
+        log = chunks[:]
+        if len(log) and (log["index"].min() < 0 or log["index"].max() >= len(chunk_rows)):
+            raise ValueError("run/chunks names chunks the layout does not have")
+    except (ValueError, TypeError, KeyError, IndexError) as e:
+        raise JobError(f"{path}: its run record is damaged ({error_text(e)})") from None
+    return RunRecord(path, log, metrics, summary, layout, n_rows, chunk_rows)
 
 
 def report_data(run: RunRecord) -> dict:
@@ -90,8 +114,10 @@ def text_summary(run: RunRecord, data: dict) -> str:
     total = s["busy"] + s["idle"] or 1.0
     return "\n".join(
         [
-            f"{run.path}: {run.layout['ranks']} rank(s), {data['groups']} DP group(s) x tp "
-            f"{run.layout['tp']}, balance {run.layout['balance']}",
+            (
+                f"{run.path}: {run.layout['ranks']} rank(s), {data['groups']} DP group(s) x tp "
+                f"{run.layout['tp']}, balance {run.layout['balance']}"
+            ),
             f"  {data['rows_this_run']:,} rows in {data['wall_seconds']:.2f} s this run: "
             f"{data['rows_per_second']:,.0f} rows/s"
             + (
@@ -100,8 +126,10 @@ def text_summary(run: RunRecord, data: dict) -> str:
                 else ""
             ),
             f"  efficiency {data['efficiency']:.1%}, imbalance {data['imbalance']:.3f}",
-            f"  rank time: busy {s['busy'] / total:.1%} (of which I/O {s['io'] / total:.1%}, "
-            f"collectives {s['collective'] / total:.1%}), idle {s['idle'] / total:.1%}",
+            (
+                f"  rank time: busy {s['busy'] / total:.1%} (of which I/O {s['io'] / total:.1%}, "
+                f"collectives {s['collective'] / total:.1%}), idle {s['idle'] / total:.1%}"
+            ),
             "  chunks per DP group: "
             + ", ".join(
                 f"{c} ({st} stolen)"
@@ -110,8 +138,10 @@ def text_summary(run: RunRecord, data: dict) -> str:
         ]
         + (
             [
-                f"  tokens: {data['tokens'][0]:,} of text in {data['tokens'][1]:,} computed "
-                f"(padding efficiency {data['tokens'][0] / max(1, data['tokens'][1]):.1%})"
+                (
+                    f"  tokens: {data['tokens'][0]:,} of text in {data['tokens'][1]:,} computed "
+                    f"(padding efficiency {data['tokens'][0] / max(1, data['tokens'][1]):.1%})"
+                )
             ]
             if data["tokens"]
             else []
@@ -203,7 +233,10 @@ def main(target: Path, png: Path | None = None, overrides: list[str] | None = No
     if not path.exists():
         raise JobError(f"{path}: no output file (has the run finished? see `status`)")
     run = load_run(path)
-    data = report_data(run)
+    try:
+        data = report_data(run)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+        raise JobError(f"{path}: its run record is damaged ({error_text(e)})") from None
     png = png or path.with_name(path.name + ".report.png")
     render(run, data, png)
     print(text_summary(run, data))

@@ -12,6 +12,12 @@ from hpcinfer.parallel.runtime import Runtime
 from hpcinfer.plan import Plan
 
 
+def input_description(reader: Any) -> dict[str, Any]:
+    """What the input really was: its format (and compression), and the dataset (HDF5)
+    or field, and the kept columns."""
+    return reader.describe()
+
+
 def balance_summary(metrics: list[dict[str, Any]], wall: float) -> dict[str, float]:
     """Imbalance = max busy / mean busy; efficiency = total busy / (ranks x wall)."""
     busy = [m["busy_seconds"] for m in metrics]
@@ -44,7 +50,7 @@ def output_attrs(
         "model_identity": {k: v for k, v in identity.items() if k.startswith("model ")},
         "model": plan.model.describe(),
         "input_path": str(job.input.path),
-        "input_dataset": job.input.dataset,
+        "input": input_description(plan.reader),
         "n_rows": plan.n_rows,
         "job_file": str(job.source.resolve()),
         "job": job.options(),
@@ -54,9 +60,11 @@ def output_attrs(
             "tp": plan.grid.tp,
             "tp_comm": plan.tp_comm,
             "threads_per_rank": rt.threads,
-            "backend": job.run.backend,
+            "backend": plan.settings.backend,
+            "max_batch_tokens": plan.settings.max_batch_tokens,
+            "auto": list(plan.settings.chosen),  # the settings "auto" chose
             "dtype": job.run.dtype,
-            "chunk_size": job.run.chunk_size,
+            "chunk_size": plan.settings.chunk_size,
             "n_chunks": len(plan.chunks),
             "balance": job.run.balance,
         },
@@ -64,6 +72,11 @@ def output_attrs(
         "compute_seconds": compute_seconds,
         "loop_start_unix": epoch,  # run/chunks times are seconds after this
         "rank_metrics": metrics,
+        # rows cut before tokenizing or truncated to the model's length (text models;
+        # each TP group counts its rows once)
+        "rows_truncated": sum(
+            m["rows_truncated"] for m in metrics if m["tp_rank"] == 0 and "rows_truncated" in m
+        ),
         "balance_summary": balance_summary(metrics, max(m["loop_seconds"] for m in metrics)),
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
     }

@@ -11,18 +11,26 @@ from pathlib import Path
 
 from hpcinfer.checkpoint.identity import job_identity
 from hpcinfer.checkpoint.lock import lock_path_for, read_holder
-from hpcinfer.checkpoint.state import ResumeState, Start, partial_dir_for, resume_state
+from hpcinfer.checkpoint.state import (
+    ResumeState,
+    Start,
+    our_partial_dir,
+    partial_dir_for,
+    resume_state,
+)
 from hpcinfer.errors import JobError
 from hpcinfer.io.inputs import open_input
 from hpcinfer.job import Job
 from hpcinfer.schedule.chunks import make_chunks
+from hpcinfer.settings import chunk_size_of
 
 
 def job_status(job: Job) -> str:
-    reader = open_input(job)
+    reader = open_input(job, our_partial_dir(job.output.path))
     try:
-        n_rows, n_chunks = reader.n_rows, len(make_chunks(reader.n_rows, job.run.chunk_size))
-        identity = job_identity(job, reader)
+        chunk_size = chunk_size_of(job, reader.n_rows, reader.items)
+        n_rows, n_chunks = reader.n_rows, len(make_chunks(reader.n_rows, chunk_size))
+        identity = job_identity(job, reader, chunk_size)
     finally:
         reader.close()
     out, folder = job.output.path, partial_dir_for(job.output.path)

@@ -33,15 +33,26 @@ def make_runtime() -> Runtime:
 
 
 def collective(test):
+    """Every rank passes, skips or fails together. Anything a rank raises counts, pytest's
+    own outcomes included (pytest.fail and pytest.skip raise BaseExceptions): a rank that
+    left without the allgather would leave the others waiting in it."""
+
     @functools.wraps(test)
     def wrapper(*args, **kwargs):
-        error = None
+        outcome = None
         try:
             test(*args, **kwargs)
-        except Exception as e:
-            error = f"{type(e).__name__}: {e}"
-        failures = [(r, e) for r, e in enumerate(WORLD.allgather(error)) if e]
+        except pytest.skip.Exception as e:
+            outcome = ("skip", str(e))
+        except BaseException as e:  # noqa: BLE001 (a verdict every rank must hear)
+            outcome = ("fail", f"{type(e).__name__}: {e}")
+        outcomes = WORLD.allgather(outcome)
+        failures = [(r, o[1]) for r, o in enumerate(outcomes) if o and o[0] == "fail"]
         if failures:
             pytest.fail("; ".join(f"rank {r} of {WORLD.size}: {e}" for r, e in failures))
+        if all(o and o[0] == "skip" for o in outcomes):
+            pytest.skip(outcomes[0][1])
+        if any(outcomes):
+            pytest.fail(f"skipped on some ranks only: {outcomes}")
 
     return wrapper

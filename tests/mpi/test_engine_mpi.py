@@ -11,7 +11,7 @@ import pytest
 
 from hpcinfer.backends import get_backend
 from hpcinfer.engine import run_job
-from hpcinfer.errors import JobError
+from hpcinfer.errors import Agreed, JobError
 from hpcinfer.job import load_job
 from hpcinfer.models import load_model
 from hpcinfer.parallel.partition import split_range
@@ -45,9 +45,9 @@ def test_blocks_cover_every_chunk_exactly_once(rt):
 @collective
 def test_agree_fails_every_rank_when_one_rank_fails(rt):
     error = JobError("bad on the last rank") if rt.rank == rt.size - 1 else None
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(Agreed) as e:
         agree(rt, error)
-    assert e.value.code == 2
+    assert e.value.exit_code == 2 and "bad on the last rank" in str(e.value)
     agree(rt, None)  # and passes everywhere when nobody failed
 
 
@@ -55,7 +55,7 @@ def test_agree_fails_every_rank_when_one_rank_fails(rt):
 def test_run_job_matches_the_serial_model(rt, shared_tmp):
     out = shared_tmp / "digits.h5"
     job = load_job(DIGITS_JOB, [f"output.path='{out}'", "run.chunk_size=100"])
-    assert run_job(job, rt) == 0
+    assert run_job(job, rt).code == 0
     with h5py.File(out, "r") as f:
         got = f["outputs"][:]
     with h5py.File(DATA / "digits.h5", "r") as f:
