@@ -202,3 +202,12 @@ def test_a_batch_larger_than_memory_is_refused_with_the_sizes(h5, monkeypatch):
         match=r"in\.h5:x: a batch of 32 rows of shape \(3,\) float32 needs 1.1 KiB .* only 1,000 B",
     ):
         rows.check_batch(32, "float64")
+
+
+def test_a_string_body_ends_before_an_escape_cut_by_the_buffer():
+    # Python 3.11.2's possessive repeats took the backslash of a cut escape as text
+    from hpcinfer.io.json_scan import _BODY, _TEXT_BODY, RUN, body_end
+
+    for pattern in (_BODY, _TEXT_BODY):
+        assert body_end(pattern, rb"caf\u00e9 \u", 0) == 10
+        assert body_end(pattern, rb"ab\u00e9 \n" * 3 * RUN + b'"', 0) == 33 * RUN

@@ -26,30 +26,43 @@ LOOKAHEAD = 64  # bytes kept in the buffer ahead of any token but a string or a 
 MAX_NUMBER_BYTES = 4400  # Python refuses ints over 4300 digits; a longer number is an error
 INT64 = (-(2**63), 2**63 - 1)
 
-_NUMBER = re.compile(rb"-?+(?:0|[1-9][0-9]*+)(?:\.[0-9]++)?+(?:[eE][-+]?+[0-9]++)?+")
+# No possessive quantifiers (*+, ++): Python 3.11.0-3.11.4 match some of them wrongly
+# (3.11.2 takes "\\" of a cut "\\u" as text). A repeated group is bounded instead ({0,N},
+# looped over by the caller): an unbounded greedy one keeps ~70 bytes of backtracking
+# state per repetition (1.5 GB for a 22 MB string), a bounded one a few hundred KB.
+_NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
 _LITERAL = re.compile(rb"true|false|null|NaN|Infinity|-Infinity")
 _ESCAPE = re.compile(rb'\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})')
 _SCALAR = (
-    rb"(?:-?+(?:0|[1-9][0-9]*+)(?:\.[0-9]++)?+(?:[eE][-+]?+[0-9]++)?+"
-    rb'|true|false|null|"[^"\\\x00-\x1f]*+")'
+    rb"(?:-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?"
+    rb'|true|false|null|"[^"\\\x00-\x1f]*")'
 )
-_W = rb"[ \t\n\r]*+"
+_W = rb"[ \t\n\r]*"
 _SPACE = re.compile(_W)
+RUN = 1024  # repetitions of a group per match; the callers loop
 # A string's body: text and whole escapes, up to a quote, a control byte or a bad escape.
-_BODY = re.compile(rb'(?:[^"\\\x00-\x1f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*+')
+_BODY = re.compile(rb'(?:[^"\\\x00-\x1f]+|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})){0,%d}' % RUN)
 # ... of a text: a surrogate escape only as a high + low pair (json.loads would make a
 # lone one a str that no UTF-8 encoder, nor a tokenizer, accepts).
 _TEXT_BODY = re.compile(
-    rb'(?:[^"\\\x00-\x1f]|\\(?:["\\/bfnrt]|u(?![dD][89a-fA-F])[0-9a-fA-F]{4})'
-    rb"|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2})*+"
+    rb'(?:[^"\\\x00-\x1f]+|\\(?:["\\/bfnrt]|u(?![dD][89a-fA-F])[0-9a-fA-F]{4})'
+    rb"|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}){0,%d}" % RUN
 )
 _LONE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
-# Runs of simple elements, each ending with its comma: skipped in one C-level match.
-_ARRAY_RUN = re.compile(rb"(?:" + _W + _SCALAR + _W + rb",)++")
+# Runs of simple elements, each ending with its comma: skipped RUN at a time, each a
+# C-level match.
+_ARRAY_RUN = re.compile(rb"(?:" + _W + _SCALAR + _W + rb",){1,%d}" % RUN)
 _MEMBER_RUN = re.compile(
-    rb"(?:" + _W + rb'"[^"\\\x00-\x1f]*+"' + _W + rb":" + _W + _SCALAR + _W + rb",)++"
+    rb"(?:" + _W + rb'"[^"\\\x00-\x1f]*"' + _W + rb":" + _W + _SCALAR + _W + rb",){1,%d}" % RUN
 )
-_INT_RUN = re.compile(rb"(?:" + _W + rb"-?+(?:0|[1-9][0-9]{0,17}+)" + _W + rb",)++")
+_INT_RUN = re.compile(rb"(?:" + _W + rb"-?(?:0|[1-9][0-9]{0,17})" + _W + rb",){1,%d}" % RUN)
+
+
+def body_end(pattern: re.Pattern, buf: bytes | bytearray, pos: int) -> int:
+    """Where a string body that starts at `pos` ends (`pattern` matches RUN pieces)."""
+    while (end := pattern.match(buf, pos).end()) > pos:
+        pos = end
+    return pos
 
 
 class LineError(ValueError):
@@ -316,8 +329,8 @@ class _Scanner:
                 self.pos += 1
                 return bytes(kept), whole
             self.need(12)
-            m = (_TEXT_BODY if text else _BODY).match(self.buf, self.pos)
-            if m.end() == self.pos:
+            end = body_end(_TEXT_BODY if text else _BODY, self.buf, self.pos)
+            if end == self.pos:
                 lone = _LONE.match(self.buf, self.pos)
                 if text and lone:
                     raise LineError(
@@ -326,8 +339,8 @@ class _Scanner:
                         self.at(),
                     )
                 raise self.fail("Invalid \\escape")
-            whole = _keep(kept, self.buf, self.pos, m.end(), keep) and whole
-            self.pos = m.end()
+            whole = _keep(kept, self.buf, self.pos, end, keep) and whole
+            self.pos = end
 
     def number(self) -> bytes | None:
         self.need(MAX_NUMBER_BYTES + 1)  # the whole number is in the buffer
@@ -385,7 +398,7 @@ def _decode(raw: bytes, whole: bool) -> str:
     """A string's raw bytes (escapes whole) -> its text; a cut one loses a split last
     character (a partial UTF-8 sequence or half a surrogate pair)."""
     if not whole:
-        raw = raw[: _BODY.match(raw).end()]  # no escape cut in two
+        raw = raw[: body_end(_BODY, raw, 0)]  # no escape cut in two
     text = codecs.getincrementaldecoder("utf-8")().decode(raw, final=whole)
     value = json.loads('"' + text + '"')
     if not whole and value and "\ud800" <= value[-1] <= "\udbff":
