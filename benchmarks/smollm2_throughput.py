@@ -14,7 +14,8 @@ both sides, in one invocation:
   little padding; --input-order adds a run in input order, what a plain script does).
   And, as a control for the layout rather than the code, 2 transformers processes of 1
   thread each, every other text by length, started together: hpcinfer's own layout.
-- hpcinfer `-n 2` (2 ranks x 1 thread, chunk_size --chunk), each backend of --backends.
+- hpcinfer `-n 2` (2 ranks x 1 thread, its default settings unless --chunk or
+  --batch-tokens), each backend of --backends.
   JAX first once over a fresh compilation cache (cold: compiling during the run), then
   warm (the run before compiled).
 
@@ -126,7 +127,12 @@ def main() -> None:
     parser.add_argument("--tf-python", required=True, help="a Python with torch + transformers")
     parser.add_argument("--texts", type=int, default=0, help="the first N texts (0: all)")
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--chunk", type=int, default=128, help="hpcinfer's run.chunk_size")
+    parser.add_argument(
+        "--chunk", type=int, default=0, help="hpcinfer's run.chunk_size (0: its default)"
+    )
+    parser.add_argument(
+        "--batch-tokens", type=int, default=0, help="run.max_batch_tokens (0: its default)"
+    )
     parser.add_argument("--backends", default="jax,numpy")
     parser.add_argument(
         "--rounds", type=int, default=2, help="transformers, then hpcinfer, alternated"
@@ -149,8 +155,9 @@ def main() -> None:
     job = WORK / "smollm2.toml"
     job.write_text(
         f'[model]\npath = "{MODEL}"\n[input]\npath = "{texts}"\n'
-        f'[output]\npath = "{WORK / "unused.h5"}"\n'
-        f"[run]\nbatch_size = {args.batch}\nchunk_size = {args.chunk}\n"
+        f'[output]\npath = "{WORK / "unused.h5"}"\n[run]\n'
+        + (f"chunk_size = {args.chunk}\n" if args.chunk else "")
+        + (f"max_batch_tokens = {args.batch_tokens}\n" if args.batch_tokens else "")
     )
     backends = args.backends.split(",")
     cache = WORK / "jax-cache-smollm2"

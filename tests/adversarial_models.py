@@ -123,7 +123,7 @@ MODEL_CASES = [
     Case(
         "inspect-a-file",
         lambda ws: ["inspect", str(ws.digits)],
-        "digits.h5: model folder not found",
+        "digits.h5: a file, but not a .gguf file; a model is a folder",
     ),
     Case(
         "inspect-shape-vs-config",

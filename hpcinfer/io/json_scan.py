@@ -26,17 +26,12 @@ LOOKAHEAD = 64  # bytes kept in the buffer ahead of any token but a string or a 
 MAX_NUMBER_BYTES = 4400  # Python refuses ints over 4300 digits; a longer number is an error
 INT64 = (-(2**63), 2**63 - 1)
 
-# No possessive quantifiers (*+, ++): Python 3.11.0-3.11.4 match some of them wrongly
-# (3.11.2 takes "\\" of a cut "\\u" as text). A repeated group is bounded instead ({0,N},
-# looped over by the caller): an unbounded greedy one keeps ~70 bytes of backtracking
-# state per repetition (1.5 GB for a 22 MB string), a bounded one a few hundred KB.
-_NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
+# No possessive quantifiers: Python 3.11.2 matches some wrongly. Repeated groups are
+# bounded (RUN, callers loop): unbounded, sre keeps ~70 bytes per repetition.
+_NUM = rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?"
+_NUMBER = re.compile(_NUM)
 _LITERAL = re.compile(rb"true|false|null|NaN|Infinity|-Infinity")
-_ESCAPE = re.compile(rb'\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})')
-_SCALAR = (
-    rb"(?:-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?"
-    rb'|true|false|null|"[^"\\\x00-\x1f]*")'
-)
+_SCALAR = rb"(?:" + _NUM + rb'|true|false|null|"[^"\\\x00-\x1f]*")'
 _W = rb"[ \t\n\r]*"
 _SPACE = re.compile(_W)
 RUN = 1024  # repetitions of a group per match; the callers loop
@@ -49,8 +44,7 @@ _TEXT_BODY = re.compile(
     rb"|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}){0,%d}" % RUN
 )
 _LONE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
-# Runs of simple elements, each ending with its comma: skipped RUN at a time, each a
-# C-level match.
+# Runs of simple elements, each ending with its comma: skipped RUN at a time.
 _ARRAY_RUN = re.compile(rb"(?:" + _W + _SCALAR + _W + rb",){1,%d}" % RUN)
 _MEMBER_RUN = re.compile(
     rb"(?:" + _W + rb'"[^"\\\x00-\x1f]*"' + _W + rb":" + _W + _SCALAR + _W + rb",){1,%d}" % RUN

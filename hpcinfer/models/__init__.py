@@ -77,8 +77,8 @@ def read_config(folder: Path) -> dict[str, Any]:
         return gguf_config(GgufFile(folder))
     if folder.is_file():
         raise JobError(
-            f"{folder}: model.path is a file but not a .gguf file; give a model folder "
-            "(config.json + weights) or a GGUF file"
+            f"{folder}: a file, but not a .gguf file; a model is a folder (config.json and "
+            "weights) or a GGUF file"
         )
     if not folder.is_dir():
         raise JobError(f"{folder}: model folder not found (model.path)")
