@@ -12,7 +12,7 @@ import shutil
 import numpy as np
 import pytest
 
-from hpcinfer.models.batching import TokenCounts, length_batches, tight_length
+from hpcinfer.models.batching import TokenCounts, length_batches
 from tests.decoders import (
     COSINE,
     MODELS,
@@ -138,14 +138,19 @@ def test_texts_tokenize_as_transformers_and_score_like_their_ids(group):
     np.testing.assert_allclose(got["logprob"], ref["logprob"][short], rtol=1e-6)
 
 
-def test_padding_and_batch_company_never_change_a_row():
+@pytest.mark.parametrize("task", ["score", "embed"])
+def test_packing_and_batch_company_never_change_a_row(task):
+    """Texts packed several to a row (each attending only to itself) give what each
+    gives alone; an empty text scores 0 and embeds to zeros."""
     ref = reference_group("tiny-qwen2")
-    model = load(MODELS["tiny-qwen2"])
-    alone = model.predict_items([ref["ids"][5]], 1)["logprob"]
-    longest = max(ref["ids"], key=len)
-    together = model.predict_items([ref["ids"][5], longest, []], 4096)["logprob"]
-    np.testing.assert_allclose(together[:1], alone, rtol=1e-6)
-    assert together[2] == 0.0  # no token: nothing to predict
+    model = load(MODELS["tiny-qwen2"], task=task)
+    key = "logprob" if task == "score" else "embeddings"
+    items = [*ref["ids"][:12], [], ref["ids"][5]]
+    together = model.predict_items(items, 4096)[key]
+    for i in (0, 3, 5, 11, 13):
+        alone = model.predict_items([items[i]], 1)[key]
+        np.testing.assert_allclose(together[i : i + 1], alone, rtol=1e-5, atol=1e-6)
+    assert not np.any(together[12])  # no token: nothing to predict, nothing to pool
 
 
 def test_empty_rows_embed_to_zeros_and_token_ids_are_checked():
@@ -198,25 +203,3 @@ def test_smollm2_matches_transformers(backend):
     assert agree >= 0.99
 
 
-# --- batching for decoders (models/text.py) ----------------------------------------------
-
-
-def corpus_lengths(n: int = 600) -> list[np.ndarray]:
-    rng = np.random.default_rng(3)
-    return [np.zeros(int(k), np.int64) for k in rng.lognormal(3.0, 1.0, n).clip(1, 600)]
-
-
-def test_tight_batches_pad_to_their_longest_text_and_keep_every_row():
-    ids = corpus_lengths()
-    ladder, tight = TokenCounts(), TokenCounts()
-    list(length_batches(ids, 1024, False, ladder))
-    seen = []
-    for rows, batch, mask in length_batches(ids, 1024, False, tight, tight=True):
-        longest = max(len(ids[i]) for i in rows)
-        assert batch.shape == (len(rows), tight_length(longest)) and longest <= batch.shape[1]
-        assert batch.size <= 1024 or len(rows) == 1  # within the token budget
-        assert mask.sum() == sum(len(ids[i]) for i in rows)
-        seen += rows.tolist()
-    assert sorted(seen) == list(range(len(ids)))
-    # padding to the batch's own longest text wastes less than the ladder's lengths
-    assert tight.real == ladder.real and tight.computed < ladder.computed

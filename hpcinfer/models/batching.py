@@ -5,10 +5,10 @@ Two ways, both keeping every row's result in input order:
 
     length_batches   rows sorted by length, each batch padded to one length from a short
                      ladder (16, 24, 32, 48, ...) and holding as many rows as fit in
-                     `max_tokens` padded tokens (decoders: one sequence per row)
-    packed_batches   several sequences per row, each attending only to itself
-                     (encoders): rows of one ladder length filled best-fit, longest
-                     first, so the dense layers see almost no padding
+                     `max_tokens` padded tokens (GPT-2: one sequence per row)
+    packed_batches   several sequences per row, each attending only to itself (encoders,
+                     Llama-family decoders): rows of one ladder length filled best-fit,
+                     longest first, so the dense layers see almost no padding
 
 Under a compiler a batch's rows are a power of two (max_tokens // length when full), so a
 run compiles a few programs per ladder length it meets.
@@ -65,28 +65,16 @@ def height_for(used: int, full: int, compiled: bool) -> int:
     return min(height, full)
 
 
-def tight_length(n: int) -> int:
-    """A batch's padded length where shapes need not be few: its longest text's, to a
-    multiple of 8 (the GEMMs' vector width)."""
-    return max(8, -(-n // 8) * 8)
-
-
 def length_batches(
-    ids: list[np.ndarray],
-    max_tokens: int,
-    full_height: bool,
-    counts: TokenCounts,
-    tight: bool = False,
+    ids: list[np.ndarray], max_tokens: int, full_height: bool, counts: TokenCounts
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(rows, token ids (B, L), mask (B, L)) per batch: rows sorted by length, L from
-    `padded_length` (`tight`: from `tight_length`), B x L within `max_tokens`. With
-    `full_height` (a compiler) B is a power of two (extra rows empty, all masked): few
-    shapes per L."""
+    `padded_length`, B x L within `max_tokens`. With `full_height` (a compiler) B is a
+    power of two (extra rows empty, all masked): few shapes per L."""
     order = np.argsort([len(t) for t in ids], kind="stable")[::-1]  # longest first
-    pad_to = tight_length if tight else padded_length
     start = 0
     while start < len(order):
-        seq = pad_to(max(1, len(ids[order[start]])))
+        seq = padded_length(max(1, len(ids[order[start]])))
         full = rows_for(seq, max_tokens)
         rows = order[start : start + full]
         start += len(rows)

@@ -86,7 +86,9 @@ def row_parallel(x: Any, p: dict, name: str, tp: Collectives) -> Any:
 def llama_hidden(
     params,
     ids,
-    mask,
+    segments,
+    positions,
+    lengths,
     *,
     xp,
     erf,
@@ -96,37 +98,39 @@ def llama_hidden(
     vocab_start: int,
     kv_index: tuple[int, ...] | None,
 ):
-    """ids, mask (B, L) -> the final RMSNorm's output (B, L, H), the same on every TP rank.
+    """ids (R, L) -> the final RMSNorm's output (R, L, H), the same on every TP rank.
 
+    Several sequences may share a row: `segments` (R, L) says which sequence each token
+    belongs to, `positions` (R, L) where in it, `lengths` (R, L) how long it is (for
+    dynamic rope). A token attends to the tokens before it in its own sequence.
     `kv_index[j]`: which of this rank's KV heads its query head j reads (None: the
     standard grouping, g consecutive query heads per KV head, done by repetition)."""
     seq = ids.shape[1]
-    x = vocab_lookup(params["embed_tokens.weight"], ids, vocab_start, xp, tp)  # (B, L, H)
+    x = vocab_lookup(params["embed_tokens.weight"], ids, vocab_start, xp, tp)  # (R, L, H)
     d = cfg.head_dim
-    if cfg.rope.kind == "dynamic":  # (B, d/2): each text from its own length
-        inv_freq = dynamic_inverse(cfg.rope, mask.sum(axis=1), xp, x.dtype)
+    if cfg.rope.kind == "dynamic":  # (R, L, d/2): each sequence from its own length
+        inv_freq = dynamic_inverse(cfg.rope, lengths, xp, x.dtype)
     else:
         inv_freq = params["rope.inv_freq"]  # (d/2,)
     if "rope_freqs.weight" in params:  # GGUF llama3: llama.cpp divides theta_i by it
         inv_freq = inv_freq / params["rope_freqs.weight"]
-    cos, sin = cos_sin(inv_freq, seq, attention_factor(cfg.rope), xp)
-    keys = mask[:, None, None, :].astype(x.dtype)  # (B, 1, 1, L)
-    causal = xp.tril(xp.ones((seq, seq), dtype=x.dtype))  # query i sees keys 0..i
-    bias = (1.0 - causal * keys) * -1e9  # (B, 1, L, L)
+    cos, sin = cos_sin(inv_freq, positions, attention_factor(cfg.rope), xp)
+    causal = xp.tril(xp.ones((seq, seq), dtype=bool))  # query i sees keys 0..i of its row
+    same = segments[:, :, None] == segments[:, None, :]  # ... of its own sequence
+    bias = xp.where(same & causal, 0.0, -1e9).astype(x.dtype)[:, None]  # (R, 1, L, L)
     distance = None
     if any(cfg.windows):  # query i sees keys i - window < j <= i on windowed layers
-        positions = xp.arange(seq)
-        distance = (positions[:, None] - positions[None, :]).astype(x.dtype)  # (L, L)
+        distance = (positions[:, :, None] - positions[:, None, :])[:, None]  # (R, 1, L, L)
     group = cfg.heads // cfg.kv_heads
     scale = 1.0 / np.sqrt(d)
 
     def layer(x, p):
         h = rms_norm(x, p["input_layernorm.weight"], cfg.eps, xp)
-        qkv = linear(h, p, "self_attn.qkv")  # (B, L, (hq_r + 2 hkv_r) d): one GEMM
+        qkv = linear(h, p, "self_attn.qkv")  # (R, L, (hq_r + 2 hkv_r) d): one GEMM
         nq = p["self_attn.o_proj.weight"].shape[0]
         nk = (qkv.shape[-1] - nq) // 2
-        q = split_heads(qkv[..., :nq], d, xp)  # (B, hq_r, L, d)
-        k = split_heads(qkv[..., nq : nq + nk], d, xp)  # (B, hkv_r, L, d)
+        q = split_heads(qkv[..., :nq], d, xp)  # (R, hq_r, L, d)
+        k = split_heads(qkv[..., nq : nq + nk], d, xp)  # (R, hkv_r, L, d)
         v = split_heads(qkv[..., nq + nk :], d, xp)
         if cfg.qk_norm:
             q = rms_norm(q, p["self_attn.q_norm.weight"], cfg.eps, xp)
@@ -140,10 +144,10 @@ def llama_hidden(
         if distance is not None:
             window = p["attn.window"]
             b = bias + xp.where((window > 0) & (distance >= window), -1e9, 0.0).astype(x.dtype)
-        ctx = attention(q, k, v, b, scale, xp)  # (B, L, hq_r * d)
+        ctx = attention(q, k, v, b, scale, xp)  # (R, L, hq_r * d)
         x = x + row_parallel(ctx, p, "self_attn.o_proj", tp)
         h = rms_norm(x, p["post_attention_layernorm.weight"], cfg.eps, xp)
-        gate_up = linear(h, p, "mlp.gate_up")  # (B, L, 2 I_r): one GEMM
+        gate_up = linear(h, p, "mlp.gate_up")  # (R, L, 2 I_r): one GEMM
         inner = p["mlp.down_proj.weight"].shape[0]
         h = activate(gate_up[..., :inner], cfg.activation, xp, erf) * gate_up[..., inner:]
         return x + row_parallel(h, p, "mlp.down_proj", tp)
@@ -152,21 +156,39 @@ def llama_hidden(
     return rms_norm(x, params["norm.weight"], cfg.eps, xp)
 
 
-def llama_forward(params, ids, mask, *, xp, task: str, pooling: str, **kw):
-    """ids, mask (B, L) -> `score`: log p of each next token (B, L-1), 0 where masked;
-    `embed`: pooled final hidden states (B, H). The same on every TP rank."""
-    x = llama_hidden(params, ids, mask, xp=xp, **kw)  # (B, L, H)
+def llama_forward(
+    params,
+    ids,
+    segments,
+    positions,
+    first,
+    lengths,
+    *,
+    xp,
+    segment_sum,
+    segment_max,
+    task: str,
+    pooling: str,
+    **kw,
+):
+    """A packed batch (models/batching.py: PackedBatch) -> `score`: log p of each next
+    token of the same sequence (R, L-1), 0 elsewhere (the host sums them per sequence in
+    float64); `embed`: each segment slot's pooled final hidden state (S, H). The same on
+    every TP rank."""
+    slots = first.shape[0]
+    token_lengths = lengths[xp.minimum(segments, slots - 1)]
+    x = llama_hidden(params, ids, segments, positions, token_lengths, xp=xp, **kw)  # (R, L, H)
     if task == "embed":
-        m = mask[..., None].astype(x.dtype)  # (B, L, 1)
+        xf = x.reshape(-1, x.shape[-1])
         if pooling == "mean":
-            return (x * m).sum(axis=1) / xp.maximum(m.sum(axis=1), 1.0)
-        lengths = mask.sum(axis=1)
-        last = xp.maximum(lengths - 1, 0)  # an empty row pools to zeros
-        picked = x[xp.arange(x.shape[0]), last]  # (B, H)
+            total = segment_sum(xf, segments.reshape(-1), slots)  # padding: dropped
+            return total / xp.maximum(lengths, 1)[:, None].astype(x.dtype)
+        picked = xf[first + xp.maximum(lengths - 1, 0)]  # an empty sequence pools to zeros
         return picked * (lengths > 0)[:, None].astype(x.dtype)
     head = params.get("lm_head.weight", params["embed_tokens.weight"])  # tied: the embedding
     logp = head_logprobs(x, head, ids, kw["vocab_start"], xp, kw["tp"], LOGITS_BYTES)
-    return logp * mask[:, 1:].astype(logp.dtype)
+    nxt = segments[:, 1:]
+    return logp * ((nxt == segments[:, :-1]) & (nxt < slots)).astype(logp.dtype)
 
 
 def fuse(layers: dict, name: str, parts: list[str]) -> None:
@@ -226,8 +248,6 @@ def architecture(path: Path, config: dict, weights: Any) -> LlamaConfig:
 class LlamaModel(TextModel):
     """Texts (or token-id lists) in; `score`: `logprob` and `num_tokens` per text;
     `embed`: `embeddings` (N, hidden) float32."""
-
-    tight_padding = True  # numpy: every padded token costs a whole decoder pass
 
     def __init__(
         self,
@@ -292,7 +312,7 @@ class LlamaModel(TextModel):
             llama_hidden, xp=backend.xp, erf=backend.erf, scan=backend.scan_layers, tp=tp, **shared
         )
         forward = partial(llama_forward, task=task, pooling=self.pooling, **shared)
-        self.bind(backend, dtype, tp, host, forward)  # weight_bytes: what the file holds
+        self.bind(backend, dtype, tp, host, forward, packed=True)  # weight_bytes: the file's
         self.params["rope.inv_freq"] = backend.asarray(inverse_frequencies(cfg.rope))
         if any(cfg.windows):
             self.params["layers"]["attn.window"] = backend.asarray(np.array(cfg.windows))
@@ -300,31 +320,33 @@ class LlamaModel(TextModel):
     def predict_items(
         self, items: list, max_tokens: int, on_rows: Callable[[int], None] | None = None
     ) -> dict[str, np.ndarray]:
-        """Results in input order; texts batched by length so padding stays small."""
+        """Results in input order; texts packed several to a row (few padded tokens)."""
         ids = self.encode(items, self.cfg.max_length, self.cfg.vocab)
         if self.task == "embed":
             out = np.empty((len(items), self.cfg.hidden), np.float32)
-            for rows, y in self.run_batches(ids, max_tokens):
-                if self.normalize:
-                    norms = np.linalg.norm(y, axis=-1, keepdims=True)
-                    out[rows] = y / np.maximum(norms, 1e-12)
-                else:
-                    out[rows] = y
+            for rows, y in self.run_packed(ids, max_tokens):
+                norm = np.linalg.norm(y, axis=-1, keepdims=True) if self.normalize else 1.0
+                out[rows] = y / np.maximum(norm, 1e-12)
                 if on_rows is not None:
                     on_rows(len(rows))
             return {"embeddings": out}
         logprob = np.zeros(len(items), np.float64)
-        for rows, token_logp in self.run_batches(ids, max_tokens):
-            logprob[rows] = token_logp.astype(np.float64).sum(axis=1)  # summed in float64
+        for batch, token_logp in self.packed_results(ids, max_tokens):
+            target = batch.segments[:, 1:].ravel()  # each term's sequence; padding: the last
+            sums = np.bincount(target, token_logp.ravel().astype(np.float64), batch.n_segments + 1)
+            logprob[batch.rows] = sums[: len(batch.rows)]
             if on_rows is not None:
-                on_rows(len(rows))
+                on_rows(len(batch.rows))
         return {"logprob": logprob, "num_tokens": np.array([len(t) for t in ids], np.int64)}
 
     def final_hidden(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """The final RMSNorm's output (B, L, H) for a padded batch, uncompiled: for
-        checks (next-token argmax, per-token log-probs) outside the tasks."""
-        ids, mask = self.backend.asarray_int(ids), self.backend.asarray_int(mask)
-        return self.backend.to_host(self._hidden(self.params, ids, mask))
+        """The final RMSNorm's output (B, L, H) for a padded batch (one text a row),
+        uncompiled: for checks (next-token argmax, per-token log-probs) outside the tasks."""
+        segments = np.where(mask > 0, 0, 1)
+        positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+        lengths = np.broadcast_to(mask.sum(axis=1, keepdims=True), mask.shape)
+        arrays = (self.backend.asarray_int(a) for a in (ids, segments, positions, lengths))
+        return self.backend.to_host(self._hidden(self.params, *arrays))
 
     def activation_bytes(self, max_tokens: int) -> int:
         """A batch's largest temporaries: (tokens, hidden) arrays, the fused gate/up

@@ -125,23 +125,20 @@ def attention_factor(rope: Rope) -> float:
 
 
 def dynamic_inverse(rope: Rope, lengths: Any, xp: Any, dtype: Any) -> Any:
-    """Per-row inverse frequencies (B, dim/2) of dynamic NTK scaling, from each row's
-    number of tokens (B,): the plain ones up to max_position_embeddings."""
+    """Inverse frequencies (..., dim/2) of dynamic NTK scaling, from the number of tokens
+    of each token's sequence (...): the plain ones up to max_position_embeddings."""
     m = rope.max_positions
     n = xp.maximum(lengths.astype(dtype), m)
     base = rope.theta * (rope.factor * n / m - (rope.factor - 1)) ** (rope.dim / (rope.dim - 2))
     exponents = xp.asarray(np.arange(0, rope.dim, 2) / rope.dim, dtype=dtype)
-    return xp.exp(-exponents[None, :] * xp.log(base)[:, None])
+    return xp.exp(-exponents * xp.log(base)[..., None])
 
 
-def cos_sin(inv_freq: Any, seq: int, scale: float, xp: Any) -> tuple[Any, Any]:
-    """cos and sin of position x theta_i for positions 0..seq-1, each (..., seq, dim/2)
-    (inv_freq (dim/2,) or per row (B, dim/2) -> (B, 1, seq, dim/2))."""
-    positions = xp.arange(seq, dtype=inv_freq.dtype)
-    if inv_freq.ndim == 1:
-        angles = positions[:, None] * inv_freq[None, :]  # (L, d/2)
-    else:
-        angles = (positions[None, :, None] * inv_freq[:, None, :])[:, None]  # (B, 1, L, d/2)
+def cos_sin(inv_freq: Any, positions: Any, scale: float, xp: Any) -> tuple[Any, Any]:
+    """cos and sin of position x theta_i at each token's position (R, L) in its sequence,
+    each (R, 1, L, dim/2) (one for all heads); inv_freq (dim/2,) or per token
+    (R, L, dim/2)."""
+    angles = (positions.astype(inv_freq.dtype)[..., None] * inv_freq)[:, None]
     cos, sin = xp.cos(angles), xp.sin(angles)
     if scale != 1.0:
         cos, sin = cos * scale, sin * scale

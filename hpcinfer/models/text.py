@@ -23,7 +23,7 @@ from hpcinfer.errors import BadRow, JobError
 from hpcinfer.io.text_cut import TextCut, TextPrefix, cut_chars, encode_texts
 from hpcinfer.io.text_tokenizer import TextTokenizer
 from hpcinfer.models.base import InputKind
-from hpcinfer.models.batching import TokenCounts, length_batches, packed_batches
+from hpcinfer.models.batching import PackedBatch, TokenCounts, length_batches, packed_batches
 from hpcinfer.models.params import tree_map, tree_nbytes
 from hpcinfer.parallel.tensor import Collectives
 
@@ -86,10 +86,6 @@ class TextModel:
 
     input_kind = InputKind.ITEMS
     row_shape: tuple[int, ...] = ()
-    #: batches that pad little (decoders: every padded token costs a whole pass): when
-    #: not compiled, a batch is padded to its longest text (to a multiple of 8), not to
-    #: the next `padded_length` (which keeps a compiler's shapes few)
-    tight_padding = False
 
     @property
     def reads_texts(self) -> bool:
@@ -124,9 +120,7 @@ class TextModel:
         self, ids: list[np.ndarray], max_tokens: int
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(rows, host result of those rows) per batch, rows batched by length."""
-        tight = self.tight_padding and self.backend.name != "jax"
-        batches = length_batches(ids, max_tokens, self.compiled, self.token_counts, tight)
-        for rows, batch, mask in batches:
+        for rows, batch, mask in length_batches(ids, max_tokens, self.compiled, self.token_counts):
             y = self._forward(
                 self.params, self.backend.asarray_int(batch), self.backend.asarray_int(mask)
             )
@@ -138,13 +132,23 @@ class TextModel:
         max_tokens: int,
         position_ids: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(rows, host result of those rows) per batch, sequences packed several a row."""
+        """(rows, host result of those rows) per batch, sequences packed several a row;
+        the forward gives one result per segment slot."""
+        for batch, y in self.packed_results(ids, max_tokens, position_ids):
+            yield batch.rows, y[: len(batch.rows)]
+
+    def packed_results(
+        self,
+        ids: list[np.ndarray],
+        max_tokens: int,
+        position_ids: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> Iterator[tuple[PackedBatch, np.ndarray]]:
+        """(batch, the forward's host result) per packed batch."""
         as_int = self.backend.asarray_int
         batches = packed_batches(ids, max_tokens, self.compiled, self.token_counts, position_ids)
         for b in batches:
             arrays = (b.ids, b.segments, b.positions, b.first, b.lengths)
-            y = self._forward(self.params, *(as_int(a) for a in arrays))
-            yield b.rows, self.backend.to_host(y)[: len(b.rows)]
+            yield b, self.backend.to_host(self._forward(self.params, *(as_int(a) for a in arrays)))
 
     def encode(self, items: Sequence[Any], max_length: int, vocab_size: int) -> list[np.ndarray]:
         """encode_items with this model's tokenizer, counting the rows that lost tokens."""
