@@ -200,7 +200,7 @@ LAYOUTS = [  # (group, ranks, tp, backend); the unmarked ones run in CI
     ("st-v2-mean", 2, 2, "numpy"),
     ("tiny-roberta", 2, 2, "jax"),
     ("tiny-distilbert", 2, 2, "numpy"),
-    ("st-dense-normalize", 2, 2, "jax"),
+    ("st-dense-normalize", 2, 2, "numpy"),
     ("st-prompts-passage", 2, 2, "numpy"),
 ]
 SLOW_LAYOUTS = [

@@ -190,6 +190,7 @@ def next_token_agreement(model, ref: dict) -> float:
 
 
 @needs_smollm2
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["numpy"])  # JAX: tests/test_llama_mpi.py
 def test_smollm2_matches_transformers(backend):
     ref = reference_group("smollm2")

@@ -201,7 +201,7 @@ def mpi_pytest(target: str, n: int, timeout: float = 300, test_timeout: int = 60
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
-@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("n", [pytest.param(2, marks=pytest.mark.slow), 3])
 def test_mpi_test_suite_passes_under_mpiexec(n):
     p = mpi_pytest("tests/mpi", n)
     assert p.returncode == 0, p.stdout + p.stderr
