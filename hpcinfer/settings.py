@@ -36,13 +36,18 @@ class Settings:
     chunk_size: int
     max_batch_tokens: int
     chosen: tuple[str, ...]  # which of them "auto" chose, for the run's first line
+    batch_size: int = 0  # numeric rows: rows a batch (texts: max_batch_tokens instead)
 
     def describe(self) -> str:
         auto = {name: " (auto)" if name in self.chosen else "" for name in self.__annotations__}
+        batch = (
+            f"batch_size {self.batch_size:,}"
+            if self.batch_size
+            else f"max_batch_tokens {self.max_batch_tokens:,}{auto['max_batch_tokens']}"
+        )
         return (
             f"backend {self.backend}{auto['backend']}, chunk_size {self.chunk_size:,}"
-            f"{auto['chunk_size']}, max_batch_tokens {self.max_batch_tokens:,}"
-            f"{auto['max_batch_tokens']}"
+            f"{auto['chunk_size']}, {batch}"
         )
 
 
@@ -82,4 +87,5 @@ def resolve(job: Job, n_rows: int, texts: bool, prefers_jax: bool) -> Settings:
     if tokens == 0:
         tokens = GPU_BATCH_TOKENS if on_gpu(backend) else CPU_BATCH_TOKENS
         chosen.append("max_batch_tokens")
-    return Settings(backend, chunk_size_of(job, n_rows, texts), tokens, tuple(chosen))
+    rows = 0 if texts else run.batch_size
+    return Settings(backend, chunk_size_of(job, n_rows, texts), tokens, tuple(chosen), rows)
