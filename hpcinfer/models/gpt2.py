@@ -40,7 +40,7 @@ from hpcinfer.models.base import OutputSpec
 from hpcinfer.models.shards import Part, ShardTable, read_table, whole
 from hpcinfer.models.text import TextModel, check_heads_split
 from hpcinfer.models.transformer import attention, gelu_erf, gelu_tanh, layer_norm, split_heads
-from hpcinfer.models.vocab import LOGITS_BYTES, head_logprobs, vocab_lookup
+from hpcinfer.models.vocab import LOGITS_BYTES, decoder_collectives, head_logprobs, vocab_lookup
 from hpcinfer.parallel.partition import split_range, split_slice
 from hpcinfer.parallel.tensor import Collectives, Solo, column_linear, row_linear
 
@@ -170,14 +170,7 @@ class Gpt2Config:
         )
 
     def collectives(self, tp: int) -> dict[str, int]:
-        if tp == 1:
-            return {"all_reduce": 0, "all_gather": 0, "values_per_row": 0}
-        reduces = 2 * self.layers + 1  # per layer two, and the vocab-parallel embedding
-        return {
-            "all_reduce": reduces,
-            "all_gather": 1,  # log-sum-exp and target logit of each position's vocab slice
-            "values_per_row": reduces * self.hidden + 2 * tp,
-        }
+        return decoder_collectives(self.layers, self.hidden, tp)
 
 
 def count(config: dict[str, Any], key: str, where: Path, default: int | None = None) -> int:

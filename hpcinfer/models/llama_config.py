@@ -27,6 +27,7 @@ from typing import Any
 from hpcinfer.errors import JobError
 from hpcinfer.models.rope import Rope, rope_from_config
 from hpcinfer.models.shards import Part, ShardTable, column, row, whole
+from hpcinfer.models.vocab import decoder_collectives
 from hpcinfer.parallel.partition import split_range, split_slice
 
 ACTIVATIONS = ("silu", "swish", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
@@ -208,14 +209,7 @@ class LlamaConfig:
         return ShardTable(top, layers)
 
     def collectives(self, tp: int) -> dict[str, int]:
-        if tp == 1:
-            return {"all_reduce": 0, "all_gather": 0, "values_per_row": 0}
-        reduces = 2 * self.layers + 1  # per layer two, and the vocab-parallel embedding
-        return {
-            "all_reduce": reduces,
-            "all_gather": 1,  # log-sum-exp and target logit of each position's vocab slice
-            "values_per_row": reduces * self.hidden + 2 * tp,
-        }
+        return decoder_collectives(self.layers, self.hidden, tp)
 
 
 def sliding_windows(

@@ -79,3 +79,16 @@ def head_logprobs(
         for r in range(0, batch, step)
     ]
     return parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=0)
+
+
+def decoder_collectives(layers: int, hidden: int, tp: int) -> dict[str, int]:
+    """A decoder's collectives per forward pass under TP (for `inspect`): two all-reduces
+    a layer and one for the vocabulary-parallel embedding; one all-gather for the head."""
+    if tp == 1:
+        return {"all_reduce": 0, "all_gather": 0, "values_per_row": 0}
+    reduces = 2 * layers + 1
+    return {
+        "all_reduce": reduces,
+        "all_gather": 1,  # log-sum-exp and target logit of each position's vocab slice
+        "values_per_row": reduces * hidden + 2 * tp,
+    }
