@@ -319,3 +319,16 @@ def test_hdf5_kept_datasets_are_read_with_the_rows(tmp_path):
     OPENED.append(bad)
     with pytest.raises(JobError, match=r"in\.h5:bad\[1\]: not valid UTF-8 \(byte 2\)"):
         bad.validate(range(3))
+
+
+def test_a_long_csv_record_names_a_bad_byte_and_a_file_that_shrank(tmp_path, monkeypatch):
+    from hpcinfer.io import csv_scan
+
+    monkeypatch.setattr(csv_scan, "BLOCK_BYTES", 4)  # the record crosses several blocks
+    path = tmp_path / "r.csv"
+    path.write_bytes(b"abc,de\xfffg")
+    with path.open("rb") as f, pytest.raises(csv_scan.CsvError, match=r"UTF-8 \(byte 7\)$"):
+        csv_scan.scan_record(f, 0, 9, ",", 2, {1: 10})
+    path.write_bytes(b"abc,defg")
+    with path.open("rb") as f, pytest.raises(csv_scan.CsvError, match="the record ends early"):
+        csv_scan.scan_record(f, 0, 50, ",", 2, {1: 10})

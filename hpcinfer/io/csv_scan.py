@@ -12,6 +12,8 @@ from __future__ import annotations
 import codecs
 from typing import BinaryIO
 
+from hpcinfer.io.utf8_blocks import BlockError, Utf8Blocks
+
 BLOCK_BYTES = 1 << 20
 QUOTE = ord('"')
 
@@ -20,30 +22,17 @@ class CsvError(ValueError):
     """The record is not valid CSV (or not UTF-8)."""
 
 
-class _Record:
-    def __init__(self, f: BinaryIO, start: int, stop: int):
-        self.f, self.left = f, stop - start
-        f.seek(start)
-        self.buf, self.pos, self.base = b"", 0, 0
-        self.utf8 = codecs.getincrementaldecoder("utf-8")()
+class _Record(Utf8Blocks):
+    def block_bytes(self) -> int:
+        return BLOCK_BYTES
 
     def fill(self) -> bool:
-        if self.left <= 0:
-            return False
-        block = self.f.read(min(BLOCK_BYTES, self.left))
-        if not block:
-            raise CsvError("the record ends early (the file shrank while it was read)")
-        pending = len(self.utf8.getstate()[0])
-        self.left -= len(block)
         try:
-            self.utf8.decode(block, final=self.left <= 0)
-        except UnicodeDecodeError as e:
-            column = self.base + len(self.buf) - pending + e.start + 1
-            raise CsvError(f"not valid UTF-8 (byte {column})") from None
-        self.buf = self.buf[self.pos :] + block
-        self.base += self.pos
-        self.pos = 0
-        return True
+            return super().fill()
+        except BlockError as e:
+            raise CsvError(
+                f"the record {e.what}" if e.column is None else f"{e.what} (byte {e.column})"
+            ) from None
 
     def at_end(self) -> bool:
         return self.pos >= len(self.buf) and not self.fill()

@@ -21,6 +21,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from hpcinfer.io.utf8_blocks import BlockError, Utf8Blocks
+
 BLOCK_BYTES = 1 << 20
 LOOKAHEAD = 64  # bytes kept in the buffer ahead of any token but a string or a number
 MAX_NUMBER_BYTES = 4400  # Python refuses ints over 4300 digits; a longer number is an error
@@ -98,12 +100,9 @@ def read_string(f: BinaryIO, start: int, stop: int, max_chars: int) -> tuple[str
     return text[:max_chars], whole and len(text) <= max_chars
 
 
-class _Scanner:
+class _Scanner(Utf8Blocks):
     def __init__(self, f: BinaryIO, start: int, stop: int, field: str, chars: int, ids: int):
-        self.f, self.left = f, stop - start
-        f.seek(start)
-        self.buf, self.pos, self.base = b"", 0, 0  # base: line offset of buf[0]
-        self.utf8 = codecs.getincrementaldecoder("utf-8")()
+        super().__init__(f, start, stop)
         self.field, self.max_chars, self.max_ids = field, chars, ids
         self.key_keep = 12 * len(field) + 12  # raw bytes that can spell `field`
         self.found = FieldValue("missing", None, True, "nothing (no such field)")
@@ -112,24 +111,15 @@ class _Scanner:
 
     # ---- the buffer ----
 
+    def block_bytes(self) -> int:
+        return BLOCK_BYTES
+
     def fill(self) -> bool:
-        """Append the next block (its UTF-8 checked); False at the end of the line."""
-        if self.left <= 0:
-            return False
-        block = self.f.read(min(BLOCK_BYTES, self.left))
-        if not block:
-            raise LineError("the line ends early (the file shrank while it was read)", self.at())
-        pending = len(self.utf8.getstate()[0])
-        self.left -= len(block)
         try:
-            self.utf8.decode(block, final=self.left <= 0)
-        except UnicodeDecodeError as e:
-            column = self.base + len(self.buf) - pending + e.start + 1
-            raise LineError("not valid UTF-8", column) from None
-        self.buf = self.buf[self.pos :] + block
-        self.base += self.pos
-        self.pos = 0
-        return True
+            return super().fill()
+        except BlockError as e:
+            column = self.at() if e.column is None else e.column
+            raise LineError(f"the line {e.what}" if e.column is None else e.what, column) from None
 
     def at(self, pos: int | None = None) -> int:
         return self.base + (self.pos if pos is None else pos) + 1
