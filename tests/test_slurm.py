@@ -11,7 +11,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -67,13 +66,14 @@ def job_state(job_id: str) -> dict[str, str]:
 
 def wait_for_state(job_id: str, states: set[str], timeout: float = 120) -> dict[str, str]:
     """Poll (sbatch --wait polls slowly) until the job is in one of `states`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        info = job_state(job_id)
-        if info.get("JobState") in states:
-            return info
-        time.sleep(0.3)
-    pytest.fail(f"job {job_id} not in {states} after {timeout} s: {job_state(job_id)}")
+    info: dict[str, str] = {}
+
+    def reached() -> bool:
+        info.update(job_state(job_id))
+        return info.get("JobState") in states
+
+    wait_for(reached, timeout, f"job {job_id} to reach {sorted(states)}")
+    return info
 
 
 def outputs(path: Path):
