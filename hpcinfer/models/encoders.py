@@ -26,6 +26,7 @@ tensors relative to their layer). The pooler (`pooler.dense.*`) is never read.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -284,7 +285,7 @@ def encoder_forward(
         q = split_heads(column_linear(x, *linear(p, n.query), tp), d, xp)
         k = split_heads(column_linear(x, *linear(p, n.key), tp), d, xp)
         v = split_heads(column_linear(x, *linear(p, n.value), tp), d, xp)
-        ctx = attention(q, k, v, bias, 1.0 / np.sqrt(d), xp)  # (R, L, h*d)
+        ctx = attention(q, k, v, bias, 1.0 / math.sqrt(d), xp)  # (R, L, h*d)
         x = x + row_linear(ctx, *linear(p, n.attn_out), tp)
         x = layer_norm(x, *linear(p, n.attn_norm), cfg.eps, xp)
         h = activate(column_linear(x, *linear(p, n.ffn_in), tp), cfg.activation, xp, erf)

@@ -24,6 +24,7 @@ the (B, L, V) logits never cross ranks, and the head's weights and compute are 1
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -164,7 +165,7 @@ class Gpt2Config:
     def attention_scales(self, dtype: str) -> np.ndarray:
         """Each layer's attention scale (the layers' "attn.scale", derived, not stored)."""
         d = self.hidden // self.heads
-        base = 1.0 / np.sqrt(d) if self.scale_attn else 1.0
+        base = 1.0 / math.sqrt(d) if self.scale_attn else 1.0
         return np.array(
             [base / (i + 1 if self.scale_by_layer else 1) for i in range(self.layers)], dtype
         )

@@ -27,6 +27,7 @@ RMSNorm's output at the last token, or its mean over the tokens; model.pooling).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -122,7 +123,7 @@ def llama_hidden(
     if any(cfg.windows):  # query i sees keys i - window < j <= i on windowed layers
         distance = (positions[:, :, None] - positions[:, None, :])[:, None]  # (R, 1, L, L)
     group = cfg.heads // cfg.kv_heads
-    scale = 1.0 / np.sqrt(d)
+    scale = 1.0 / math.sqrt(d)
 
     def layer(x, p):
         h = rms_norm(x, p["input_layernorm.weight"], cfg.eps, xp)

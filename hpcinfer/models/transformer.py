@@ -3,9 +3,13 @@ namespace `xp`. Nothing here communicates or reads files."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-import numpy as np
+# Python floats, not numpy scalars: under numpy 2's promotion rules (NEP 50) a float64
+# numpy scalar turns a float32 array into float64, and every GEMM after it with it.
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+SQRT_HALF = math.sqrt(0.5)
 
 
 def contiguous(t: Any, xp: Any) -> Any:
@@ -21,12 +25,12 @@ def layer_norm(x: Any, w: Any, b: Any, eps: float, xp: Any) -> Any:
 
 def gelu_tanh(x: Any, xp: Any) -> Any:
     """GPT-2's GELU ("gelu_new"): the tanh approximation."""
-    return 0.5 * x * (1.0 + xp.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
+    return 0.5 * x * (1.0 + xp.tanh(SQRT_2_OVER_PI * (x + 0.044715 * (x * x * x))))
 
 
 def gelu_erf(x: Any, erf: Any) -> Any:
     """BERT's GELU: exact, through the error function."""
-    return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
+    return 0.5 * x * (1.0 + erf(x * SQRT_HALF))
 
 
 def split_heads(t: Any, head_dim: int, xp: Any) -> Any:
