@@ -44,6 +44,19 @@ os.environ["HPCINFER_JAX_CACHE"] = _JAX_CACHE
 atexit.register(shutil.rmtree, _JAX_CACHE, ignore_errors=True)
 
 
+def fast_and_slow(cases: list, fast, ids=None) -> list:
+    """`cases` as pytest params, those not in `fast` marked slow: the fast subset runs
+    one case of each kind (an odd rank count among them), the full suite every case."""
+    return [
+        pytest.param(
+            *(c if isinstance(c, tuple) else (c,)),
+            marks=[] if c in fast else [pytest.mark.slow],
+            id=None if ids is None else ids(c),
+        )
+        for c in cases
+    ]
+
+
 def mpiexec() -> str:
     """The mpiexec beside this Python (the MPICH wheel's), else the one on PATH."""
     local = Path(sys.executable).parent / "mpiexec"

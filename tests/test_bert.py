@@ -20,7 +20,7 @@ from hpcinfer.backends import get_backend
 from hpcinfer.errors import JobError
 from hpcinfer.models import load_model
 from hpcinfer.parallel.tensor import Solo
-from tests.conftest import DATA, hpcinfer, minilm_folder, write_job
+from tests.conftest import DATA, fast_and_slow, hpcinfer, minilm_folder, write_job
 
 MODEL = minilm_folder()
 pytestmark = pytest.mark.skipif(
@@ -131,11 +131,9 @@ def corpus_job(tmp_path_factory, texts):
 @pytest.mark.mpi
 @pytest.mark.parametrize(
     ("ranks", "tp", "backend"),
-    [
-        pytest.param(*layout, marks=[pytest.mark.slow] if layout == (2, 2, "jax") else [])
-        for layout in LAYOUTS
-    ],
-    ids=[f"n{n}-tp{t}-{b}" for n, t, b in LAYOUTS],
+    fast_and_slow(
+        LAYOUTS, {(3, 3, "numpy"), (2, 1, "jax")}, ids=lambda x: "n{}-tp{}-{}".format(*x)
+    ),
 )
 def test_every_layout_matches_sentence_transformers(corpus_job, reference, ranks, tp, backend):
     out = corpus_job.parent / f"out-{ranks}-{tp}-{backend}.h5"
@@ -161,7 +159,15 @@ def test_every_layout_matches_sentence_transformers(corpus_job, reference, ranks
 
 @pytest.mark.mpi
 def test_text_model_with_numeric_input_is_a_clear_error(corpus_job):
-    p = hpcinfer("run", str(corpus_job), "--set", f"input.path='{DATA / 'digits.h5'}'", n=2)
+    p = hpcinfer(
+        "run",
+        str(corpus_job),
+        "--backend",
+        "numpy",
+        "--set",
+        f"input.path='{DATA / 'digits.h5'}'",
+        n=2,
+    )
     assert p.returncode == 2
     assert "reads texts or token ids, but input.path" in p.stderr
 

@@ -45,9 +45,7 @@ def test_every_product_of_a_float32_model_is_float32(family, monkeypatch):
     monkeypatch.setattr(llama, "matmul", recording(llama.matmul))
     monkeypatch.setattr(transformer, "attention", recording(transformer.attention))
     for module in ("encoders", "gpt2", "llama"):
-        monkeypatch.setattr(
-            f"hpcinfer.models.{module}.attention", recording(transformer.attention)
-        )
+        monkeypatch.setattr(f"hpcinfer.models.{module}.attention", recording(transformer.attention))
     model = load_model(MODELS[family], get_backend("numpy", "float32"), "float32")
     model.predict_items([[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]], 64)
     assert seen == {"float32"}

@@ -206,6 +206,7 @@ def test_prompt_name_job_key(tmp_path):
         model={"path": str(FIXTURES / "st-prompts"), "prompt_name": "passage"},
         input={"path": str(few)},
         output={"path": str(out)},
+        run={"backend": "numpy"},
     )
     p = hpcinfer("run", str(job), "--quiet")
     assert p.returncode == 0, p.stderr

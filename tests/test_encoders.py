@@ -23,7 +23,7 @@ import pytest
 
 from hpcinfer.backends import get_backend
 from hpcinfer.models import load_model
-from tests.conftest import DATA, hpcinfer, write_job
+from tests.conftest import DATA, fast_and_slow, hpcinfer, write_job
 
 FIXTURES = DATA / "fixtures"
 REFERENCE = FIXTURES / "encoder-reference.h5"
@@ -125,16 +125,19 @@ def test_legacy_pooling_flags_give_the_same(group, texts, tmp_path):
 
 @pytest.mark.parametrize(
     "group",
-    [
-        "st-v2-mean",
-        "tiny-distilbert",
-        pytest.param("tiny-roberta", marks=pytest.mark.slow),
-        pytest.param("st-dense-normalize", marks=pytest.mark.slow),
-        pytest.param("st-prompts-passage", marks=pytest.mark.slow),
-        pytest.param("tiny-xlm-roberta", marks=pytest.mark.slow),
-        pytest.param("pooling-lasttoken", marks=pytest.mark.slow),
-        pytest.param("pooling-weightedmean", marks=pytest.mark.slow),
-    ],
+    fast_and_slow(
+        [
+            "tiny-distilbert",
+            "st-v2-mean",
+            "tiny-roberta",
+            "st-dense-normalize",
+            "st-prompts-passage",
+            "tiny-xlm-roberta",
+            "pooling-lasttoken",
+            "pooling-weightedmean",
+        ],
+        {"tiny-distilbert"},
+    ),
 )
 def test_jax_matches_sentence_transformers(group, texts, tmp_path):
     ref = reference(group)
@@ -196,19 +199,16 @@ def test_inspect_knows_every_family(capsys):
 
 # --- under mpiexec: DP x TP, numpy and JAX --------------------------------------------------
 
-LAYOUTS = [  # (group, ranks, tp, backend); the unmarked ones run in CI
-    ("st-v2-mean", 2, 2, "numpy"),
-    ("tiny-roberta", 2, 2, "jax"),
-    ("tiny-distilbert", 2, 2, "numpy"),
-    ("st-dense-normalize", 2, 2, "numpy"),
-    ("st-prompts-passage", 2, 2, "numpy"),
-]
-SLOW_LAYOUTS = [
-    *[(g, 2, 2, "numpy") for g in GROUPS if g not in {x[0] for x in LAYOUTS if x[3] == "numpy"}],
-    *[(g, 2, 2, "jax") for g in GROUPS if g not in {x[0] for x in LAYOUTS if x[3] == "jax"}],
+LAYOUTS = [  # (group, ranks, tp, backend): every group at n2-tp2 in numpy and JAX, and more
+    *[(g, 2, 2, backend) for backend in ("numpy", "jax") for g in GROUPS],
     ("tiny-xlm-roberta", 4, 2, "numpy"),
     ("st-v6-cls", 3, 1, "numpy"),
 ]
+FAST_LAYOUTS = {  # the fast subset: the sentence-transformers modules and another family
+    ("tiny-distilbert", 2, 2, "numpy"),
+    ("st-dense-normalize", 2, 2, "numpy"),
+    ("st-prompts-passage", 2, 2, "numpy"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -219,8 +219,7 @@ def jobs_root(tmp_path_factory):
 @pytest.mark.mpi
 @pytest.mark.parametrize(
     ("group", "ranks", "tp", "backend"),
-    [*LAYOUTS, *(pytest.param(*x, marks=pytest.mark.slow) for x in SLOW_LAYOUTS)],
-    ids=[f"{g}-n{n}-tp{t}-{b}" for g, n, t, b in [*LAYOUTS, *SLOW_LAYOUTS]],
+    fast_and_slow(LAYOUTS, FAST_LAYOUTS, ids=lambda x: "{}-n{}-tp{}-{}".format(*x)),
 )
 def test_layout_matches_sentence_transformers(jobs_root, group, ranks, tp, backend):
     ref = reference(group)

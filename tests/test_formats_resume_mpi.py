@@ -8,20 +8,16 @@ from __future__ import annotations
 import h5py
 import pytest
 
-from tests.conftest import DATA, hpcinfer, write_job
+from tests.conftest import DATA, fast_and_slow, hpcinfer, write_job
 from tests.formats import expected, records, write
 
 pytestmark = pytest.mark.mpi
 
 N_ROWS = 48
-FORMATS = [
-    "jsonl.gz",
-    "csv",
-    "parquet",
-    pytest.param("json", marks=pytest.mark.slow),
-    pytest.param("tsv.zst", marks=pytest.mark.slow),
-    pytest.param("jsonl.bz2", marks=pytest.mark.slow),
-]
+# a compressed file's cached index is the riskiest resume; the rest run in the full suite
+FORMATS = fast_and_slow(
+    ["jsonl.gz", "csv", "parquet", "json", "tsv.zst", "jsonl.bz2"], {"jsonl.gz"}
+)
 
 
 def job_for(folder, fmt):

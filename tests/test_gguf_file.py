@@ -308,6 +308,7 @@ def smollm2_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2
 
 
+@pytest.mark.slow  # reads 28 MB of SmolLM2's weights; the fixtures above cover each type
 def test_smollm2_token_embedding_reads_in_slices_equal_to_the_whole():
     f = GgufFile(smollm2_path())
     emb = "token_embd.weight"
@@ -330,6 +331,7 @@ def test_smollm2_token_embedding_reads_in_slices_equal_to_the_whole():
     assert len(f.meta_list("tokenizer.ggml.tokens")) == 49152
 
 
+@pytest.mark.slow  # gguf's reader maps all of SmolLM2 (a few seconds)
 def test_smollm2_header_matches_gguf_reader():
     path = smollm2_path()
     f, reader = GgufFile(path), GGUFReader(path)

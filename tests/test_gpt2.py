@@ -21,7 +21,7 @@ from hpcinfer.errors import JobError
 from hpcinfer.models import load_model
 from hpcinfer.parallel.tensor import Solo
 from hpcinfer.tools.report import load_run, report_data
-from tests.conftest import DATA, hpcinfer, write_job
+from tests.conftest import DATA, fast_and_slow, hpcinfer, write_job
 
 MODEL = DATA / "models" / "tiny-gpt2"
 RTOL = 1e-4  # per-text log-prob, relative (float32)
@@ -207,7 +207,6 @@ LAYOUTS = [
     (2, 2, "jax"),
     (4, 4, "jax"),
 ]
-SLOW_LAYOUTS = {(2, 2, "jax"), (4, 4, "jax")}  # JAX with host-staged TP runs op by op
 
 
 @pytest.fixture(scope="module")
@@ -239,11 +238,9 @@ def run_scores(job: Path, ranks: int, tp: int, backend: str, *sets: str, tag: st
 @pytest.mark.mpi
 @pytest.mark.parametrize(
     ("ranks", "tp", "backend"),
-    [
-        pytest.param(*layout, marks=[pytest.mark.slow] if layout in SLOW_LAYOUTS else [])
-        for layout in LAYOUTS
-    ],
-    ids=[f"n{n}-tp{t}-{b}" for n, t, b in LAYOUTS],
+    fast_and_slow(
+        LAYOUTS, {(3, 3, "numpy"), (4, 2, "numpy")}, ids=lambda x: "n{}-tp{}-{}".format(*x)
+    ),
 )
 def test_every_layout_matches_transformers(score_job, reference, ranks, tp, backend):
     assert_scores(run_scores(score_job, ranks, tp, backend), reference)
@@ -282,7 +279,7 @@ def test_a_bad_token_id_names_file_and_row(score_job, kind):
         sets, expected = ["--set", "input.dataset=rows"], "bad.h5:rows[1]: token id -7 is outside"
     out = score_job.parent / f"bad-{kind}-out.h5"
     sets += ["--set", f"input.path='{bad}'", "--set", f"output.path='{out}'"]
-    p = hpcinfer("run", str(score_job), *sets, n=2, timeout=120)
+    p = hpcinfer("run", str(score_job), "--backend", "numpy", *sets, n=2, timeout=120)
     assert p.returncode == 2
     assert expected in p.stderr
     assert not out.exists()

@@ -170,7 +170,9 @@ def test_help_describes_the_job_file():
     assert p.returncode == 0 and "run" in p.stdout
 
 
-def mpi_pytest(target: str, n: int, timeout: float = 300, test_timeout: int = 60):
+def mpi_pytest(
+    target: str, n: int, timeout: float = 300, test_timeout: int = 60, markexpr: str = ""
+):
     """`mpiexec -n N python -m pytest TARGET`, each test bounded by pytest-timeout.
 
     The thread method is the one that works here: a rank stuck inside an MPI call never
@@ -196,14 +198,18 @@ def mpi_pytest(target: str, n: int, timeout: float = 300, test_timeout: int = 60
         f"timeout={test_timeout}",
         "-o",
         "timeout_method=thread",
+        *(["-m", markexpr] if markexpr else []),
         target,
     ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
 @pytest.mark.parametrize("n", [pytest.param(2, marks=pytest.mark.slow), 3])
-def test_mpi_test_suite_passes_under_mpiexec(n):
-    p = mpi_pytest("tests/mpi", n)
+def test_mpi_test_suite_passes_under_mpiexec(n, request):
+    """One launch runs every test in tests/mpi at n ranks; a session that leaves slow
+    tests out leaves out the slow ones in there too."""
+    markexpr = "not slow" if "not slow" in request.config.getoption("markexpr") else ""
+    p = mpi_pytest("tests/mpi", n, markexpr=markexpr)
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.count(" passed") == n  # every rank ran and passed the tests
 

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.conftest import DATA, ROOT, hpcinfer, write_job
+from tests.conftest import DATA, ROOT, fast_and_slow, hpcinfer, write_job
 from tests.test_mlp import make_mlp
 
 pytestmark = pytest.mark.mpi
@@ -73,12 +73,11 @@ def reference(models):
 
 @pytest.mark.parametrize(
     ("ranks", "tp", "backend"),
-    [
-        pytest.param(n, t, b, marks=[pytest.mark.slow] if b == "jax" and n > 2 else [])
-        for b in ("numpy", "jax")
-        for n, t in LAYOUTS
-    ],
-    ids=[f"n{n}-tp{t}-{b}" for b in ("numpy", "jax") for n, t in LAYOUTS],
+    fast_and_slow(
+        [(n, t, b) for b in ("numpy", "jax") for n, t in LAYOUTS],
+        {(1, 1, "numpy"), (2, 2, "numpy"), (3, 3, "numpy"), (4, 2, "numpy"), (2, 2, "jax")},
+        ids=lambda x: "n{}-tp{}-{}".format(*x),
+    ),
 )
 def test_every_layout_gives_the_serial_logits(models, reference, ranks, tp, backend):
     p, out = run_layout(models, "pairs", ranks, tp, backend)
@@ -105,7 +104,8 @@ HAVE_MPI4JAX = importlib.util.find_spec("mpi4jax") is not None
         ),
     ],
 )
-@pytest.mark.parametrize(("ranks", "tp"), [(2, 2), pytest.param(3, 3, marks=pytest.mark.slow)])
+@pytest.mark.slow  # the host path at n2-tp2 is test_every_layout_gives_the_serial_logits's
+@pytest.mark.parametrize(("ranks", "tp"), [(2, 2), (3, 3)])
 def test_jax_collective_paths(models, reference, ranks, tp, tp_comm):
     p, out = run_layout(models, "pairs", ranks, tp, "jax", ["--set", f"run.tp_comm='{tp_comm}'"])
     assert p.returncode == 0, p.stderr
@@ -115,7 +115,7 @@ def test_jax_collective_paths(models, reference, ranks, tp, tp_comm):
     assert_same_logits(logits(out)[0], reference["odd"])
 
 
-@pytest.mark.parametrize(("ranks", "tp"), [(2, 2), (3, 3), (4, 4)])
+@pytest.mark.parametrize(("ranks", "tp"), fast_and_slow([(2, 2), (3, 3), (4, 4)], {(3, 3)}))
 def test_odd_last_layer_is_gathered_even_with_empty_shards(models, reference, ranks, tp):
     p, out = run_layout(models, "odd", ranks, tp)
     assert p.returncode == 0, p.stderr
@@ -153,7 +153,7 @@ def test_a_wrong_tp_is_one_line_and_exit_2(models, model, ranks, tp, expected):
 FAKE_GPU = {"PYTHONPATH": str(ROOT / "tests" / "fake_gpu")}
 
 
-@pytest.mark.parametrize("tp_comm", ["host", "mpi"])
+@pytest.mark.parametrize("tp_comm", fast_and_slow(["host", "mpi"], {"mpi"}))
 def test_cupy_code_path_on_a_numpy_stand_in(models, reference, tp_comm):
     """The CuPy backend and collectives, run on tests/fake_gpu's numpy stand-in for CuPy."""
     for model in ("pairs", "odd"):

@@ -22,7 +22,7 @@ from hpcinfer.engine import run_job
 from hpcinfer.io.inputs import open_input
 from hpcinfer.job import job_from_dict
 from hpcinfer.schedule import stop
-from tests.conftest import DATA
+from tests.conftest import DATA, fast_and_slow
 from tests.formats import FORMATS, KEEPS, expected, records, write
 from tests.mpi.helpers import WORLD, collective, make_runtime
 
@@ -95,7 +95,10 @@ def reference(rt, folder):
     return outputs(folder / "out-jsonl.h5")
 
 
-@pytest.mark.parametrize("fmt", [f for f in FORMATS if f != "jsonl"])
+@pytest.mark.parametrize(
+    "fmt",
+    fast_and_slow([f for f in FORMATS if f != "jsonl"], {"jsonl.zst", "csv.bz2", "parquet"}),
+)
 @collective
 def test_every_format_stopped_and_resumed_gives_the_jsonl_output(rt, folder, reference, fmt):
     keep = () if fmt.startswith("txt") else KEEPS
