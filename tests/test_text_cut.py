@@ -18,7 +18,7 @@ from hpcinfer.io.gguf_file import GgufFile
 from hpcinfer.io.text_cut import MARGIN_CHARS, TextPrefix, cut_chars, encode_texts, prepend
 from hpcinfer.io.tokenizer_files import load_tokenizer
 from hpcinfer.models.text import TokenCounts, encode_items
-from tests.conftest import DATA, ROOT, minilm_folder, needs_minilm
+from tests.conftest import DATA, ROOT, fast_and_slow, minilm_folder, needs_minilm
 
 FIXTURES = DATA / "fixtures"
 FOLDERS = [
@@ -91,7 +91,7 @@ def open_source(source, built: dict):
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: getattr(p, "name", p))
-@pytest.mark.parametrize("max_length", [8, 64])
+@pytest.mark.parametrize("max_length", fast_and_slow([8, 64], {8}))
 def test_the_first_max_length_tokens_are_those_of_the_whole_text(source, max_length, built):
     tok = load_tokenizer(open_source(source, built), max_length)
     texts = hard_texts() + corpus(50)

@@ -19,8 +19,10 @@ from hpcinfer.parallel.runtime import Runtime
 WORLD = MPI.COMM_WORLD
 
 
-def make_runtime() -> Runtime:
-    comm = WORLD.Dup()
+def make_runtime(comm=None) -> Runtime:
+    """A Runtime over a duplicate of `comm` (COMM_WORLD; MPI.COMM_SELF for a serial run
+    inside the launch)."""
+    comm = (WORLD if comm is None else comm).Dup()
     return Runtime(
         comm=comm,
         rank=comm.Get_rank(),

@@ -8,8 +8,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from mpi4py import MPI
 
 from hpcinfer.backends import get_backend
+from hpcinfer.compute import RunOptions
 from hpcinfer.engine import run_job
 from hpcinfer.errors import Agreed, JobError
 from hpcinfer.job import load_job
@@ -83,3 +85,37 @@ def test_atomic_words_count_without_losing_updates(rt):
     total = words.read(0)
     words.free()
     assert total == 200 * rt.size
+
+
+def serial_outputs(sets: list[str], out: Path) -> np.ndarray:
+    """The digits job run by rank 0 alone (a one-rank runtime inside the launch)."""
+    if WORLD.rank == 0:
+        job = load_job(DIGITS_JOB, [*sets, f"output.path='{out}'"])
+        assert run_job(job, make_runtime(MPI.COMM_SELF), RunOptions(quiet=True)).code == 0
+    WORLD.Barrier()
+    with h5py.File(out, "r") as f:
+        return f["outputs"][:]
+
+
+@pytest.mark.parametrize(
+    ("rows", "chunk_size"),
+    [(0, 256), (500, 1000), (1001, 100), (7, 1)],
+    ids=["empty", "more-ranks-than-chunks", "uneven", "one-row-chunks"],
+)
+@collective
+def test_edge_layouts_equal_the_serial_run_bit_for_bit(rt, shared_tmp, rows, chunk_size):
+    data = shared_tmp / "in.h5"
+    if WORLD.rank == 0:
+        x = np.random.default_rng(0).random((rows, 64), dtype=np.float32)
+        with h5py.File(data, "w") as f:
+            f.create_dataset("x", data=x)
+    WORLD.Barrier()
+    sets = [f"input.path='{data}'", f"run.chunk_size={chunk_size}", "run.batch_size=64"]
+    job = load_job(DIGITS_JOB, [*sets, f"output.path='{shared_tmp / 'out.h5'}'"])
+    assert run_job(job, rt, RunOptions(quiet=True)).code == 0
+    with h5py.File(shared_tmp / "out.h5", "r") as f:
+        got = f["outputs"][:]
+    assert got.shape == (rows, 10)
+    assert got.tobytes() == serial_outputs(sets, shared_tmp / "serial.h5").tobytes()
+    if rows:
+        np.testing.assert_allclose(got.sum(1), 1, rtol=1e-5)

@@ -6,16 +6,26 @@ mpiexec -n 3 python -m pytest tests/mpi
 from __future__ import annotations
 
 import importlib.util
+import json
+import shutil
+import tempfile
+from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
+from mpi4py import MPI
 
 from hpcinfer.backends import compile_forward, get_backend
+from hpcinfer.compute import RunOptions
+from hpcinfer.engine import run_job
+from hpcinfer.job import load_job
 from hpcinfer.parallel.comm import Group, collectives_for
 from hpcinfer.parallel.grid import Grid
 from hpcinfer.parallel.partition import split_sizes, split_slice
 from hpcinfer.parallel.tensor import column_linear, row_linear
-from tests.mpi.helpers import WORLD, collective
+from tests.conftest import DIGITS_JOB
+from tests.mpi.helpers import WORLD, collective, make_runtime
 
 B, IN, OUT = 6, 11, 7  # widths not divisible by 2, 3 or 4
 
@@ -40,7 +50,7 @@ def world_group():
 
 PATHS = [
     ("numpy", "mpi"),
-    ("jax", "host"),
+    pytest.param("jax", "host", marks=pytest.mark.slow),  # (tests/test_tp_mpi.py runs it fast)
     pytest.param(
         "jax",
         "mpi4jax",
@@ -104,3 +114,51 @@ def test_grid_groups_consecutive_ranks(tp):
     members = grid.tp_group.comm.allgather(WORLD.rank)
     assert members == list(range(grid.dp_rank * tp, grid.dp_rank * tp + tp))
     assert grid.is_leader == (WORLD.rank % tp == 0)
+
+
+@pytest.fixture(scope="module")
+def mlps():
+    """Two MLPs made by rank 0 in a folder all ranks share: widths no tp divides, and an
+    odd layer count (the last layer column-parallel and gathered, 1 column over tp ranks)."""
+    from tests.test_mlp import make_mlp
+
+    root = Path(WORLD.bcast(tempfile.mkdtemp(prefix="hpcinfer-tp-") if WORLD.rank == 0 else None))
+    if WORLD.rank == 0:
+        make_mlp(root / "pairs", [64, 50, 30, 23, 10], "relu", "identity")
+        make_mlp(root / "odd", [64, 50, 30, 1], "tanh", "identity")
+    WORLD.Barrier()
+    yield root
+    WORLD.Barrier()
+    if WORLD.rank == 0:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def mlp_outputs(root: Path, model: str, tp: int, rt) -> np.ndarray:
+    out = root / f"{model}-tp{tp}-of-{rt.size}.h5"
+    sets = [
+        f"model.path='{root / model}'",
+        f"output.path='{out}'",
+        f"run.tp={tp}",
+        "run.backend='numpy'",
+        "run.batch_size=64",
+        "run.chunk_size=200",
+    ]
+    assert run_job(load_job(DIGITS_JOB, sets), rt, RunOptions(quiet=True)).code == 0
+    with h5py.File(out, "r") as f:
+        layout = json.loads(f.attrs["layout"])
+        assert (layout["tp"], layout["dp"]) == (tp, rt.size // tp)
+        return f["outputs"][:]
+
+
+@pytest.mark.parametrize("model", ["pairs", "odd"])
+@collective
+def test_every_tp_of_the_launch_gives_the_serial_logits(mlps, model):
+    """Every DP x TP layout of this launch's ranks (tp = each divisor of the size)."""
+    rt = make_runtime()
+    serial = None
+    if WORLD.rank == 0:
+        serial = mlp_outputs(mlps, model, 1, make_runtime(MPI.COMM_SELF))
+    serial = WORLD.bcast(serial)
+    for tp in (t for t in range(1, WORLD.size + 1) if WORLD.size % t == 0):
+        got = mlp_outputs(mlps, model, tp, rt)
+        np.testing.assert_allclose(got, serial, rtol=1e-5, atol=1e-5 * np.abs(serial).max())
