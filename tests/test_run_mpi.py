@@ -62,6 +62,7 @@ def test_outputs_match_scikit_learn_predict_proba(digits_runs):
     assert (got.argmax(1) == labels).mean() == pytest.approx(accuracy, abs=0)
 
 
+@pytest.mark.slow  # JAX MLPs across ranks run fast in tests/test_tp_mpi.py (n2-tp2-jax)
 def test_jax_agrees_with_numpy(digits_runs):
     ref, _ = read_outputs(digits_runs[(3, "numpy")])
     got, attrs = read_outputs(digits_runs[(2, "jax")])

@@ -130,6 +130,7 @@ def test_odd_last_layer_is_gathered_even_with_empty_shards(models, reference, ra
     assert_same_logits(logits(out)[0], reference["odd"])
 
 
+@pytest.mark.slow  # also fast in tests/mpi/test_parallel_mpi.py (a layout run twice)
 def test_same_layout_is_bitwise_reproducible(models):
     runs = []
     for _ in range(2):

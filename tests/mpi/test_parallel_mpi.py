@@ -133,8 +133,8 @@ def mlps():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def mlp_outputs(root: Path, model: str, tp: int, rt) -> np.ndarray:
-    out = root / f"{model}-tp{tp}-of-{rt.size}.h5"
+def mlp_outputs(root: Path, model: str, tp: int, rt, tag: str = "") -> np.ndarray:
+    out = root / f"{model}-tp{tp}-of-{rt.size}{tag}.h5"
     sets = [
         f"model.path='{root / model}'",
         f"output.path='{out}'",
@@ -162,3 +162,5 @@ def test_every_tp_of_the_launch_gives_the_serial_logits(mlps, model):
     for tp in (t for t in range(1, WORLD.size + 1) if WORLD.size % t == 0):
         got = mlp_outputs(mlps, model, tp, rt)
         np.testing.assert_allclose(got, serial, rtol=1e-5, atol=1e-5 * np.abs(serial).max())
+    again = mlp_outputs(mlps, model, tp, rt, tag="-again")
+    assert again.tobytes() == got.tobytes()  # the same layout twice: the same bits
