@@ -48,7 +48,8 @@ def assert_scores(got: dict, ref: dict, rtol: float = RTOL, key: str = "logprob"
     assert got["logprob"][:2].tolist() == [0.0, 0.0]  # no token, one token: nothing to predict
 
 
-@pytest.mark.parametrize("backend", ["numpy", "jax"])
+# JAX: the encoders' launch (tests/test_bert.py) covers it in the fast subset
+@pytest.mark.parametrize("backend", fast_and_slow(["numpy", "jax"], {"numpy"}))
 def test_scores_match_transformers(reference, backend):
     got = load(backend=backend).predict_items(reference["text"], 512)
     assert_scores(got, reference)

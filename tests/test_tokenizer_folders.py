@@ -23,7 +23,7 @@ import pytest
 
 from hpcinfer.backends import get_backend
 from hpcinfer.models import load_model
-from tests.conftest import DATA, hpcinfer, write_job
+from tests.conftest import DATA, fast_and_slow, hpcinfer, write_job
 from tests.test_encoders import FIXTURES, assert_matches, reference
 
 GPT2 = DATA / "models" / "tiny-gpt2"
@@ -146,7 +146,7 @@ def test_a_token_id_job_without_a_tokenizer(tmp_path, bare_folder, gpt2_referenc
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("suffix", [".jsonl", ".txt"])
+@pytest.mark.parametrize("suffix", fast_and_slow([".jsonl", ".txt"], {".jsonl"}))
 def test_texts_without_a_tokenizer_are_one_line(tmp_path, bare_folder, suffix):
     path = tmp_path / f"texts{suffix}"
     lines = ['{"text": "hello"}', '{"text": "world"}'] if suffix == ".jsonl" else ["hi", "yo"]

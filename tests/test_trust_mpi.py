@@ -283,6 +283,7 @@ def test_a_changed_tokenizer_refuses_the_resume_and_names_the_file(tmp_path):
     assert hpcinfer("run", str(job), "--restart", n=2).returncode == 0
 
 
+@pytest.mark.slow  # the identity check runs fast in the changed-tokenizer test above
 def test_a_changed_model_is_not_already_complete(tmp_path):
     model = copy_model(tmp_path)
     job = text_job(tmp_path, model, n=16)

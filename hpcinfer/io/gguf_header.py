@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from hpcinfer.errors import JobError
 from hpcinfer.io.file_checks import regular_file_size
@@ -66,6 +65,8 @@ class TensorInfo:
     @property
     def block(self) -> tuple[int, int]:
         """(values per block, bytes per block); (1, itemsize) for plain types."""
+        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType  # (only for GGUF models)
+
         return GGML_QUANT_SIZES[GGMLQuantizationType[self.dtype]]
 
 
@@ -207,6 +208,10 @@ def _tensor_info(
     offset: int,
 ) -> TensorInfo:
     """One tensor's info, its type known and its bytes inside the file."""
+    # imported here: the gguf package (and the yaml it pulls in) costs every rank of every
+    # launch ~30 ms, and only GGUF models need it
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
     try:
         qtype = GGMLQuantizationType(type_id)
     except ValueError:
