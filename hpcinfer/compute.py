@@ -24,6 +24,7 @@ from hpcinfer.errors import BadRow, DiskError, JobError, RunError
 from hpcinfer.io.inputs import Reader
 from hpcinfer.models import InputKind, Model
 from hpcinfer.parallel.runtime import Runtime
+from hpcinfer.parallel.watch import barrier_watching, peers_on_this_host
 from hpcinfer.plan import Plan, warn_idle_ranks
 from hpcinfer.schedule import stop
 from hpcinfer.schedule.balance import GroupClaims
@@ -95,7 +96,7 @@ def compute_pending(
     progress = LiveProgress(
         rt.comm, plan.n_rows, before.rows, options.progress_interval, options.quiet
     )
-    rt.comm.Barrier()
+    peers = peers_on_this_host(rt.comm, rt.host)  # (collective: every rank is here)
     epoch = rt.comm.bcast(time.time(), root=0)  # chunk log times are seconds since this
     # rows per batch (numeric rows), or padded tokens per batch (texts)
     size = run.batch_size if plan.model.input_kind is InputKind.ROWS else settings_tokens(plan)
@@ -134,9 +135,9 @@ def compute_pending(
             writer.close()  # every chunk of this rank durable and journalled
         except DiskError as e:
             error = error or (e.exit_code, str(e))
+    barrier_watching(rt.comm, peers, rt.host)  # every claimed chunk done and recorded
     claims.close()
     progress.close()
-    rt.comm.Barrier()  # every claimed chunk is done and recorded
     halt.free()
     loop_seconds = time.perf_counter() - t_loop
     metrics = rank_metrics(plan, rt, timers, claims, writer, loop_seconds, load_seconds)

@@ -344,6 +344,31 @@ def test_a_full_disk_while_assembling_keeps_the_chunks_and_the_rerun_completes(
     assert outputs(out_of(tmp_path)).tobytes() == reference.tobytes()
 
 
+# -- a rank that dies ----------------------------------------------------------------------
+
+
+def test_a_rank_that_dies_stops_the_others_even_when_the_launcher_does_not(
+    tmp_path, job, reference
+):
+    """Hydra's -disable-auto-cleanup leaves the other ranks running when one dies, as a
+    plain srun without --kill-on-bad-exit does: they must not wait for it forever in the
+    closing barrier. The survivors stop with one line; the rerun completes the job."""
+    cmd = [mpiexec(), "-disable-auto-cleanup", "-n", "3", sys.executable, "-m", "hpcinfer"]
+    dies = with_faults({**os.environ, "HPCINFER_FAULT": "rank=1,after=2,kind=exit"})
+    p = subprocess.run(
+        [*cmd, "run", str(job), "--quiet"], capture_output=True, text=True, timeout=90, env=dies
+    )
+    if "disable-auto-cleanup" in p.stderr and "unrecognized" in p.stderr.lower():
+        pytest.skip("this mpiexec has no -disable-auto-cleanup (not hydra)")
+    assert p.returncode != 0
+    assert "rank 1 (pid" in p.stderr and "ended before the run did" in p.stderr, p.stderr
+    assert not out_of(tmp_path).exists()
+    rerun = hpcinfer("run", str(job), "--quiet", n=3)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "by earlier runs" in rerun.stdout, rerun.stdout
+    assert outputs(out_of(tmp_path)).tobytes() == reference.tobytes()
+
+
 # -- Ctrl-C, fault injection, privacy ----------------------------------------------------
 
 
