@@ -55,6 +55,20 @@ def test_scores_match_transformers(reference, backend):
     assert_scores(got, reference)
 
 
+def test_packing_and_batch_company_never_change_a_row(reference):
+    """Texts packed several to a row (each attending to its own earlier tokens, at its
+    own positions) score as each does alone; the packing is dense."""
+    model = load()
+    texts = [*reference["text"][:12], "", reference["text"][5]]
+    together = model.predict_items(texts, 4096)["logprob"]
+    counts = model.token_counts
+    assert counts.real / counts.computed > 0.8, (counts.real, counts.computed)  # dense rows
+    for i in (2, 3, 5, 11, 13):
+        alone = model.predict_items([texts[i]], 1)["logprob"]
+        np.testing.assert_allclose(together[i : i + 1], alone, rtol=1e-5, atol=1e-6)
+    assert together[12] == 0.0
+
+
 def test_float64_matches_transformers_float64(reference):
     got = load(dtype="float64").predict_items(reference["text"], 512)
     assert_scores(got, reference, rtol=1e-9, key="logprob_float64")

@@ -1,14 +1,11 @@
 """Texts into batches under a token budget: bounded memory whatever the lengths, few
 shapes for XLA to compile, little padding.
 
-Two ways, both keeping every row's result in input order:
-
-    length_batches   rows sorted by length, each batch padded to one length from a short
-                     ladder (16, 24, 32, 48, ...) and holding as many rows as fit in
-                     `max_tokens` padded tokens (GPT-2: one sequence per row)
-    packed_batches   several sequences per row, each attending only to itself (encoders,
-                     Llama-family decoders): rows of one ladder length filled best-fit,
-                     longest first, so the dense layers see almost no padding
+`packed_batches` puts several sequences in a row, each attending only to itself (every
+text model: encoders, GPT-2, Llama-family decoders): rows of one length from a short
+ladder (16, 24, 32, 48, ...) filled best-fit, longest first, as many rows as fit in
+`max_tokens` padded tokens, so the dense layers see almost no padding. Every sequence's
+result comes back at its input row.
 
 Under a compiler a batch's rows are a power of two (max_tokens // length when full), so a
 run compiles a few programs per ladder length it meets.
@@ -63,30 +60,6 @@ def height_for(used: int, full: int, compiled: bool) -> int:
     while height < used:
         height *= 2
     return min(height, full)
-
-
-def length_batches(
-    ids: list[np.ndarray], max_tokens: int, full_height: bool, counts: TokenCounts
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(rows, token ids (B, L), mask (B, L)) per batch: rows sorted by length, L from
-    `padded_length`, B x L within `max_tokens`. With `full_height` (a compiler) B is a
-    power of two (extra rows empty, all masked): few shapes per L."""
-    order = np.argsort([len(t) for t in ids], kind="stable")[::-1]  # longest first
-    start = 0
-    while start < len(order):
-        seq = padded_length(max(1, len(ids[order[start]])))
-        full = rows_for(seq, max_tokens)
-        rows = order[start : start + full]
-        start += len(rows)
-        batch = np.zeros((height_for(len(rows), full, full_height), seq), np.int64)
-        mask = np.zeros_like(batch)
-        for j, i in enumerate(rows):
-            batch[j, : len(ids[i])] = ids[i]
-            mask[j, : len(ids[i])] = 1
-        counts.real += sum(len(ids[i]) for i in rows)
-        counts.computed += batch.size
-        counts.shapes.add(batch.shape)
-        yield rows, batch, mask
 
 
 @dataclass(frozen=True)
@@ -172,3 +145,12 @@ def pack(
         first[s], lengths[s] = r * width + at, n
     rows = np.array([i for i, _, _ in placed], dtype=np.int64)
     return PackedBatch(rows, tokens, segments, positions, first, lengths, slots)
+
+
+def sequence_sums(batch: PackedBatch, token_terms: np.ndarray) -> np.ndarray:
+    """Per-sequence sums, in float64, of a decoder's per-next-token terms (R, L-1): a term
+    belongs to the sequence of the token it predicts; padding's fall in a slot dropped here.
+    In the order of `batch.rows`."""
+    target = batch.segments[:, 1:].ravel()
+    sums = np.bincount(target, token_terms.ravel().astype(np.float64), batch.n_segments + 1)
+    return sums[: len(batch.rows)]

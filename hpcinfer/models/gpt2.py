@@ -38,6 +38,7 @@ from hpcinfer.io.file_checks import short_repr
 from hpcinfer.io.safetensors_checkpoint import open_weights
 from hpcinfer.io.tokenizer_files import load_tokenizer
 from hpcinfer.models.base import OutputSpec
+from hpcinfer.models.batching import sequence_sums
 from hpcinfer.models.shards import Part, ShardTable, read_table, whole
 from hpcinfer.models.text import TextModel, check_heads_split
 from hpcinfer.models.transformer import attention, gelu_erf, gelu_tanh, layer_norm, split_heads
@@ -204,16 +205,34 @@ def activate(x: Any, name: str, xp: Any, erf: Any) -> Any:
 
 
 def gpt2_forward(
-    params, ids, mask, *, xp, erf, scan, tp: Collectives, cfg: Gpt2Config, vocab_start: int
+    params,
+    ids,
+    segments,
+    positions,
+    first,
+    lengths,
+    *,
+    xp,
+    erf,
+    scan,
+    tp: Collectives,
+    cfg: Gpt2Config,
+    vocab_start: int,
+    **_segment_ops,
 ):
-    """ids, mask (B, L) -> log p of each next token, (B, L-1), 0 where masked; the same
-    on every TP rank."""
-    seq = ids.shape[1]
-    x = vocab_lookup(params["wte.weight"], ids, vocab_start, xp, tp) + params["wpe.weight"][:seq]
+    """A packed batch (models/batching.py: PackedBatch) -> log p of each next token of
+    the same sequence, (R, L-1), 0 elsewhere (the host sums them per sequence in float64);
+    the same on every TP rank. Each token attends to the earlier tokens of its own
+    sequence and takes the position embedding of its place in it."""
+    seq, slots = ids.shape[1], first.shape[0]
+    x = (
+        vocab_lookup(params["wte.weight"], ids, vocab_start, xp, tp)
+        + params["wpe.weight"][positions]
+    )
     d = cfg.hidden // cfg.heads
-    keys = mask[:, None, None, :].astype(x.dtype)  # (B, 1, 1, L)
-    causal = xp.tril(xp.ones((seq, seq), dtype=x.dtype))  # query i sees keys 0..i
-    bias = (1.0 - causal * keys) * -1e9  # (B, 1, L, L)
+    causal = xp.tril(xp.ones((seq, seq), dtype=bool))  # query i sees keys 0..i of its row
+    same = segments[:, :, None] == segments[:, None, :]  # ... of its own sequence
+    bias = xp.where(same & causal, 0.0, -1e9).astype(x.dtype)[:, None]  # (R, 1, L, L)
 
     def layer(x, p):
         h = layer_norm(x, *norm(p, "ln_1"), cfg.eps, xp)
@@ -234,7 +253,8 @@ def gpt2_forward(
     x = layer_norm(x, *norm(params, "ln_f"), cfg.eps, xp)
     head = params.get("lm_head.weight", params["wte.weight"])  # its own only when untied
     logp = head_logprobs(x, head, ids, vocab_start, xp, tp, LOGITS_BYTES)
-    return logp * mask[:, 1:].astype(logp.dtype)
+    nxt = segments[:, 1:]
+    return logp * ((nxt == segments[:, :-1]) & (nxt < slots)).astype(logp.dtype)
 
 
 def norm(p: dict, name: str) -> tuple[Any, Any]:
@@ -271,19 +291,19 @@ class Gpt2Scorer(TextModel):
             "num_tokens": OutputSpec((), np.dtype("int64")),
         }
         forward = partial(gpt2_forward, cfg=self.cfg, vocab_start=vocab_start)
-        self.bind(backend, dtype, tp, host, forward)  # weight_bytes: what the file holds
+        self.bind(backend, dtype, tp, host, forward, packed=True)  # weight_bytes: the file's
         self.params["layers"]["attn.scale"] = backend.asarray(self.cfg.attention_scales(dtype))
 
     def predict_items(
         self, items: list, max_tokens: int, on_rows: Callable[[int], None] | None = None
     ) -> dict[str, np.ndarray]:
-        """Scores in input order; texts batched by length so padding stays small."""
+        """Scores in input order; texts packed several to a row (few padded tokens)."""
         ids = self.encode(items, self.cfg.positions, self.cfg.vocab)
         logprob = np.zeros(len(items), np.float64)
-        for rows, token_logp in self.run_batches(ids, max_tokens):
-            logprob[rows] = token_logp.astype(np.float64).sum(axis=1)  # summed in float64
+        for batch, token_logp in self.packed_results(ids, max_tokens):
+            logprob[batch.rows] = sequence_sums(batch, token_logp)
             if on_rows is not None:
-                on_rows(len(rows))
+                on_rows(len(batch.rows))
         num_tokens = np.array([len(t) for t in ids], np.int64)
         return {"logprob": logprob, "num_tokens": num_tokens}
 

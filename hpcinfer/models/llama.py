@@ -39,6 +39,7 @@ from hpcinfer.errors import JobError
 from hpcinfer.io.safetensors_checkpoint import open_weights
 from hpcinfer.io.tokenizer_files import load_tokenizer
 from hpcinfer.models.base import OutputSpec
+from hpcinfer.models.batching import sequence_sums
 from hpcinfer.models.llama_config import LlamaConfig
 from hpcinfer.models.llama_gguf import GgufWeights
 from hpcinfer.models.rope import attention_factor, cos_sin, dynamic_inverse, inverse_frequencies
@@ -333,9 +334,7 @@ class LlamaModel(TextModel):
             return {"embeddings": out}
         logprob = np.zeros(len(items), np.float64)
         for batch, token_logp in self.packed_results(ids, max_tokens):
-            target = batch.segments[:, 1:].ravel()  # each term's sequence; padding: the last
-            sums = np.bincount(target, token_logp.ravel().astype(np.float64), batch.n_segments + 1)
-            logprob[batch.rows] = sums[: len(batch.rows)]
+            logprob[batch.rows] = sequence_sums(batch, token_logp)
             if on_rows is not None:
                 on_rows(len(batch.rows))
         return {"logprob": logprob, "num_tokens": np.array([len(t) for t in ids], np.int64)}

@@ -1,9 +1,9 @@
-"""What text models share: tokens in, and texts batched by length through a compiled
+"""What text models share: tokens in, and texts packed into batches through a compiled
 forward.
 
 Texts of mixed lengths padded to the longest waste most of the FLOPs, so a chunk's texts
-are batched by length under a token budget, or packed several to a row
-(models/batching.py), and the results put back in input order.
+are packed several to a row under a token budget (models/batching.py), and the results
+put back in input order.
 
 A text is cut before it is tokenized (io.text_cut: a huge row costs a few MB) and readers
 cut rows to the model's `text_cut()`; rows that lost tokens are counted (`rows_truncated`).
@@ -23,7 +23,7 @@ from hpcinfer.errors import BadRow, JobError
 from hpcinfer.io.text_cut import TextCut, TextPrefix, cut_chars, encode_texts
 from hpcinfer.io.text_tokenizer import TextTokenizer
 from hpcinfer.models.base import InputKind
-from hpcinfer.models.batching import PackedBatch, TokenCounts, length_batches, packed_batches
+from hpcinfer.models.batching import PackedBatch, TokenCounts, packed_batches
 from hpcinfer.models.params import tree_map, tree_nbytes
 from hpcinfer.parallel.tensor import Collectives
 
@@ -78,10 +78,10 @@ def check_heads_split(heads: int, tp: int, where: Path) -> None:
 
 class TextModel:
     """What text models share once loaded: host weights on the backend, the forward
-    compiled where it can be, and texts run through it in batches of similar length.
+    compiled where it can be, and texts run through it in packed batches.
 
     A subclass loads its config and shard, then calls `bind`; its `predict_items` turns
-    the host results of `run_batches` into its datasets.
+    the host results of `run_packed` / `packed_results` into its datasets.
     """
 
     input_kind = InputKind.ITEMS
@@ -115,16 +115,6 @@ class TextModel:
         if packed:
             ops |= {"segment_sum": backend.segment_sum, "segment_max": backend.segment_max}
         self._forward = compile_forward(backend, tp, partial(forward, **ops))
-
-    def run_batches(
-        self, ids: list[np.ndarray], max_tokens: int
-    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(rows, host result of those rows) per batch, rows batched by length."""
-        for rows, batch, mask in length_batches(ids, max_tokens, self.compiled, self.token_counts):
-            y = self._forward(
-                self.params, self.backend.asarray_int(batch), self.backend.asarray_int(mask)
-            )
-            yield rows, self.backend.to_host(y)[: len(rows)]
 
     def run_packed(
         self,
