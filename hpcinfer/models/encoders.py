@@ -35,7 +35,14 @@ import numpy as np
 
 from hpcinfer.errors import JobError
 from hpcinfer.models.shards import ShardTable, column, row, whole
-from hpcinfer.models.transformer import attention, gelu_erf, gelu_tanh, layer_norm, split_heads
+from hpcinfer.models.transformer import (
+    attention,
+    gelu_erf,
+    gelu_tanh,
+    layer_norm,
+    segment_bias,
+    split_heads,
+)
 from hpcinfer.parallel.partition import split_slice
 from hpcinfer.parallel.tensor import Collectives, column_linear, row_linear
 
@@ -278,8 +285,7 @@ def encoder_forward(
     n = cfg.names
     x = embed(params, ids, positions, cfg, xp)
     d = cfg.hidden // cfg.heads
-    same = segments[:, :, None] == segments[:, None, :]  # (R, L, L)
-    bias = ((1.0 - same.astype(x.dtype)) * -1e9)[:, None]  # (R, 1, L, L)
+    bias = segment_bias(segments, x.dtype, xp, causal=False)
 
     def layer(x, p):
         q = split_heads(column_linear(x, *linear(p, n.query), tp), d, xp)

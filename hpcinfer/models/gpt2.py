@@ -41,7 +41,15 @@ from hpcinfer.models.base import OutputSpec
 from hpcinfer.models.batching import sequence_sums
 from hpcinfer.models.shards import Part, ShardTable, read_table, whole
 from hpcinfer.models.text import TextModel, check_heads_split
-from hpcinfer.models.transformer import attention, gelu_erf, gelu_tanh, layer_norm, split_heads
+from hpcinfer.models.transformer import (
+    attention,
+    gelu_erf,
+    gelu_tanh,
+    layer_norm,
+    next_of_same_sequence,
+    segment_bias,
+    split_heads,
+)
 from hpcinfer.models.vocab import LOGITS_BYTES, decoder_collectives, head_logprobs, vocab_lookup
 from hpcinfer.parallel.partition import split_range, split_slice
 from hpcinfer.parallel.tensor import Collectives, Solo, column_linear, row_linear
@@ -224,15 +232,13 @@ def gpt2_forward(
     the same sequence, (R, L-1), 0 elsewhere (the host sums them per sequence in float64);
     the same on every TP rank. Each token attends to the earlier tokens of its own
     sequence and takes the position embedding of its place in it."""
-    seq, slots = ids.shape[1], first.shape[0]
+    slots = first.shape[0]
     x = (
         vocab_lookup(params["wte.weight"], ids, vocab_start, xp, tp)
         + params["wpe.weight"][positions]
     )
     d = cfg.hidden // cfg.heads
-    causal = xp.tril(xp.ones((seq, seq), dtype=bool))  # query i sees keys 0..i of its row
-    same = segments[:, :, None] == segments[:, None, :]  # ... of its own sequence
-    bias = xp.where(same & causal, 0.0, -1e9).astype(x.dtype)[:, None]  # (R, 1, L, L)
+    bias = segment_bias(segments, x.dtype, xp, causal=True)
 
     def layer(x, p):
         h = layer_norm(x, *norm(p, "ln_1"), cfg.eps, xp)
@@ -253,8 +259,7 @@ def gpt2_forward(
     x = layer_norm(x, *norm(params, "ln_f"), cfg.eps, xp)
     head = params.get("lm_head.weight", params["wte.weight"])  # its own only when untied
     logp = head_logprobs(x, head, ids, vocab_start, xp, tp, LOGITS_BYTES)
-    nxt = segments[:, 1:]
-    return logp * ((nxt == segments[:, :-1]) & (nxt < slots)).astype(logp.dtype)
+    return logp * next_of_same_sequence(segments, slots).astype(logp.dtype)
 
 
 def norm(p: dict, name: str) -> tuple[Any, Any]:

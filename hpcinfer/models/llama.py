@@ -46,7 +46,14 @@ from hpcinfer.models.rope import attention_factor, cos_sin, dynamic_inverse, inv
 from hpcinfer.models.rope import rotate as rotate_half
 from hpcinfer.models.shards import read_table
 from hpcinfer.models.text import TextModel
-from hpcinfer.models.transformer import attention, gelu_erf, gelu_tanh, split_heads
+from hpcinfer.models.transformer import (
+    attention,
+    gelu_erf,
+    gelu_tanh,
+    next_of_same_sequence,
+    segment_bias,
+    split_heads,
+)
 from hpcinfer.models.vocab import LOGITS_BYTES, head_logprobs, vocab_lookup
 from hpcinfer.parallel.partition import split_range
 from hpcinfer.parallel.tensor import Collectives, matmul, reduce_from_tp_region
@@ -107,7 +114,6 @@ def llama_hidden(
     dynamic rope). A token attends to the tokens before it in its own sequence.
     `kv_index[j]`: which of this rank's KV heads its query head j reads (None: the
     standard grouping, g consecutive query heads per KV head, done by repetition)."""
-    seq = ids.shape[1]
     x = vocab_lookup(params["embed_tokens.weight"], ids, vocab_start, xp, tp)  # (R, L, H)
     d = cfg.head_dim
     if cfg.rope.kind == "dynamic":  # (R, L, d/2): each sequence from its own length
@@ -117,9 +123,7 @@ def llama_hidden(
     if "rope_freqs.weight" in params:  # GGUF llama3: llama.cpp divides theta_i by it
         inv_freq = inv_freq / params["rope_freqs.weight"]
     cos, sin = cos_sin(inv_freq, positions, attention_factor(cfg.rope), xp)
-    causal = xp.tril(xp.ones((seq, seq), dtype=bool))  # query i sees keys 0..i of its row
-    same = segments[:, :, None] == segments[:, None, :]  # ... of its own sequence
-    bias = xp.where(same & causal, 0.0, -1e9).astype(x.dtype)[:, None]  # (R, 1, L, L)
+    bias = segment_bias(segments, x.dtype, xp, causal=True)
     distance = None
     if any(cfg.windows):  # query i sees keys i - window < j <= i on windowed layers
         distance = (positions[:, :, None] - positions[:, None, :])[:, None]  # (R, 1, L, L)
@@ -189,8 +193,7 @@ def llama_forward(
         return picked * (lengths > 0)[:, None].astype(x.dtype)
     head = params.get("lm_head.weight", params["embed_tokens.weight"])  # tied: the embedding
     logp = head_logprobs(x, head, ids, kw["vocab_start"], xp, kw["tp"], LOGITS_BYTES)
-    nxt = segments[:, 1:]
-    return logp * ((nxt == segments[:, :-1]) & (nxt < slots)).astype(logp.dtype)
+    return logp * next_of_same_sequence(segments, slots).astype(logp.dtype)
 
 
 def fuse(layers: dict, name: str, parts: list[str]) -> None:

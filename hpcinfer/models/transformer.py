@@ -33,6 +33,23 @@ def gelu_erf(x: Any, erf: Any) -> Any:
     return 0.5 * x * (1.0 + erf(x * SQRT_HALF))
 
 
+def segment_bias(segments: Any, dtype: Any, xp: Any, causal: bool) -> Any:
+    """The additive attention mask of a packed batch, (R, 1, L, L): 0 where a key is in
+    the query's own sequence (and, when `causal`, not after it), -1e9 elsewhere."""
+    visible = segments[:, :, None] == segments[:, None, :]  # the same sequence
+    if causal:
+        seq = segments.shape[1]
+        visible = visible & xp.tril(xp.ones((seq, seq), dtype=bool))  # query i: keys 0..i
+    return xp.where(visible, 0.0, -1e9).astype(dtype)[:, None]
+
+
+def next_of_same_sequence(segments: Any, slots: int) -> Any:
+    """(R, L-1) bool: token t+1 continues token t's sequence (a decoder's scored terms;
+    padding, whose segment is `slots`, never does)."""
+    nxt = segments[:, 1:]
+    return (nxt == segments[:, :-1]) & (nxt < slots)
+
+
 def split_heads(t: Any, head_dim: int, xp: Any) -> Any:
     """(B, L, h*d) -> (B, h, L, d), contiguous: numpy's stacked matmul calls BLAS only on
     contiguous operands (a strided view falls back to a slow loop)."""
