@@ -26,3 +26,26 @@ def test_texts_state_their_token_budget_and_what_auto_chose():
 def test_numeric_rows_state_their_batch_size_not_a_token_budget():
     line = resolve(job(backend="numpy", batch_size=64), 10_000, False, False).describe()
     assert line == "backend numpy, chunk_size 1,024 (auto), batch_size 64"
+
+
+def test_auto_backend_is_jax_for_text_models_but_numpy_under_host_staged_tp(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+
+    def find_spec_with(mpi4jax: bool):
+        def find_spec(name, *args):
+            if name == "mpi4jax":
+                return real("jax") if mpi4jax else None  # any spec stands for "installed"
+            return real(name, *args)
+
+        return find_spec
+
+    for have_mpi4jax in (False, True):
+        monkeypatch.setattr(importlib.util, "find_spec", find_spec_with(have_mpi4jax))
+        assert resolve(job(), 1000, texts=True, prefers_jax=True).backend == "jax"
+        assert resolve(job(), 1000, texts=False, prefers_jax=False).backend == "numpy"
+        under_tp = resolve(job(tp=2), 1000, texts=True, prefers_jax=True).backend
+        assert under_tp == ("jax" if have_mpi4jax else "numpy")
+    explicit = resolve(job(tp=2, backend="jax"), 1000, texts=True, prefers_jax=True)
+    assert explicit.backend == "jax"  # asked for: kept
