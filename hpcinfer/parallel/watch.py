@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,13 +38,16 @@ class Peer:
 
 
 def peers_on_this_host(comm: Any, host: str) -> tuple[Peer, ...]:
-    """Collective: the other ranks of `comm` that run on this host."""
-    me = (host, os.getpid(), process_start(os.getpid()))
-    everyone = comm.allgather(me)
+    """Collective: the other ranks of `comm` that run on this host. Ranks are grouped by
+    a hash of the host name first, so each exchanges with its own node, not with all P
+    ranks (names whose hashes collide are told apart by the name itself)."""
     rank = comm.Get_rank()
-    return tuple(
-        Peer(r, pid, start) for r, (h, pid, start) in enumerate(everyone) if h == host and r != rank
-    )
+    node = comm.Split(zlib.crc32(host.encode()) & 0x7FFFFFFF, rank)
+    try:
+        everyone = node.allgather((host, rank, os.getpid(), process_start(os.getpid())))
+    finally:
+        node.Free()
+    return tuple(Peer(r, pid, start) for h, r, pid, start in everyone if h == host and r != rank)
 
 
 def barrier_watching(comm: Any, peers: tuple[Peer, ...], host: str) -> None:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -164,3 +166,18 @@ def test_every_tp_of_the_launch_gives_the_serial_logits(mlps, model):
         np.testing.assert_allclose(got, serial, rtol=1e-5, atol=1e-5 * np.abs(serial).max())
     again = mlp_outputs(mlps, model, tp, rt, tag="-again")
     assert again.tobytes() == got.tobytes()  # the same layout twice: the same bits
+
+
+@collective
+def test_each_rank_knows_the_ranks_on_its_host_and_the_watched_barrier_passes():
+    from hpcinfer.parallel.processes import alive_here
+    from hpcinfer.parallel.watch import barrier_watching, peers_on_this_host
+
+    host = socket.gethostname()  # every rank of a test launch runs on this one host
+    peers = peers_on_this_host(WORLD, host)
+    pids = WORLD.allgather(os.getpid())
+    assert {(p.rank, p.pid) for p in peers} == {
+        (r, pid) for r, pid in enumerate(pids) if r != WORLD.rank
+    }
+    assert all(alive_here(p.pid, p.start) for p in peers)
+    barrier_watching(WORLD, peers, host)  # nobody died: an ordinary barrier
