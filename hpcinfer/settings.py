@@ -68,6 +68,8 @@ def chunk_size_of(job: Job, n_rows: int, texts: bool) -> int:
 def auto_backend(prefers_jax: bool, tp: int = 1, tp_comm: str = "auto") -> str:
     if not prefers_jax or importlib.util.find_spec("jax") is None:
         return "numpy"
+    # run.tp_comm = "auto" means mpi4jax where installed (parallel.comm.resolve_tp_comm;
+    # not imported here: `status` reads settings without mpi4py)
     traceable = tp_comm == "mpi4jax" or (
         tp_comm == "auto" and importlib.util.find_spec("mpi4jax") is not None
     )

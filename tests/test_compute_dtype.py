@@ -43,7 +43,6 @@ def test_every_product_of_a_float32_model_is_float32(family, monkeypatch):
 
     monkeypatch.setattr(tensor, "matmul", recording(tensor.matmul))
     monkeypatch.setattr(llama, "matmul", recording(llama.matmul))
-    monkeypatch.setattr(transformer, "attention", recording(transformer.attention))
     for module in ("encoders", "gpt2", "llama"):
         monkeypatch.setattr(f"hpcinfer.models.{module}.attention", recording(transformer.attention))
     model = load_model(MODELS[family], get_backend("numpy", "float32"), "float32")

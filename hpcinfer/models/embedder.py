@@ -274,7 +274,7 @@ class SentenceEmbedder(TextModel):
         if cfg.head.dense:
             host["dense"] = {d.path: read_dense(folder, d, dtype) for d in cfg.head.dense}
         self.outputs = {"embeddings": OutputSpec((cfg.dimension,), np.dtype("float32"))}
-        self.bind(backend, dtype, tp, host, partial(embedder_forward, cfg=cfg), packed=True)
+        self.bind(backend, dtype, tp, host, partial(embedder_forward, cfg=cfg))
 
     def predict_items(
         self, items: list, max_tokens: int, on_rows: Callable[[int], None] | None = None

@@ -226,7 +226,7 @@ def gpt2_forward(
     tp: Collectives,
     cfg: Gpt2Config,
     vocab_start: int,
-    **_segment_ops,
+    **_segment_ops,  # (pooling's; a scorer has none)
 ):
     """A packed batch (models/batching.py: PackedBatch) -> log p of each next token of
     the same sequence, (R, L-1), 0 elsewhere (the host sums them per sequence in float64);
@@ -296,7 +296,7 @@ class Gpt2Scorer(TextModel):
             "num_tokens": OutputSpec((), np.dtype("int64")),
         }
         forward = partial(gpt2_forward, cfg=self.cfg, vocab_start=vocab_start)
-        self.bind(backend, dtype, tp, host, forward, packed=True)  # weight_bytes: the file's
+        self.bind(backend, dtype, tp, host, forward)  # weight_bytes: the file's
         self.params["layers"]["attn.scale"] = backend.asarray(self.cfg.attention_scales(dtype))
 
     def predict_items(

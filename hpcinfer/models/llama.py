@@ -317,7 +317,7 @@ class LlamaModel(TextModel):
             llama_hidden, xp=backend.xp, erf=backend.erf, scan=backend.scan_layers, tp=tp, **shared
         )
         forward = partial(llama_forward, task=task, pooling=self.pooling, **shared)
-        self.bind(backend, dtype, tp, host, forward, packed=True)  # weight_bytes: the file's
+        self.bind(backend, dtype, tp, host, forward)  # weight_bytes: the file's
         self.params["rope.inv_freq"] = backend.asarray(inverse_frequencies(cfg.rope))
         if any(cfg.windows):
             self.params["layers"]["attn.window"] = backend.asarray(np.array(cfg.windows))

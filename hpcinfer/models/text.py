@@ -101,19 +101,22 @@ class TextModel:
         tp: Collectives,
         host: dict,
         forward: Any,
-        packed: bool = False,
     ) -> None:
-        """`forward(params, *arrays, xp, erf, scan, tp)`: the model's pure forward, over
-        (ids, mask) batches, or with `packed` over PackedBatch arrays (then also given the
-        backend's segment_sum and segment_max)."""
+        """`forward(params, ids, segments, positions, first, lengths, *, xp, erf, scan, tp,
+        segment_sum, segment_max)`: the model's pure forward over a PackedBatch's arrays."""
         self.backend, self.dtype, self.tp_size = backend, np.dtype(dtype), tp.size
         self.weight_bytes = tree_nbytes(host)  # this rank's share
         self.params = tree_map(backend.asarray, host)
         self.compiled = tp.traceable and backend.name == "jax"
         self.token_counts = TokenCounts()
-        ops = {"xp": backend.xp, "erf": backend.erf, "scan": backend.scan_layers, "tp": tp}
-        if packed:
-            ops |= {"segment_sum": backend.segment_sum, "segment_max": backend.segment_max}
+        ops = {
+            "xp": backend.xp,
+            "erf": backend.erf,
+            "scan": backend.scan_layers,
+            "tp": tp,
+            "segment_sum": backend.segment_sum,
+            "segment_max": backend.segment_max,
+        }
         self._forward = compile_forward(backend, tp, partial(forward, **ops))
 
     def run_packed(

@@ -58,3 +58,18 @@ def collective(test):
             pytest.fail(f"skipped on some ranks only: {outcomes}")
 
     return wrapper
+
+
+def on_rank_0(work):
+    """`work()` on rank 0 alone, its result given to every rank. A failure there is
+    raised on every rank (the others would otherwise wait for rank 0 in a collective)."""
+    result, error = None, None
+    if WORLD.rank == 0:
+        try:
+            result = work()
+        except BaseException as e:  # noqa: BLE001 (every rank must hear it)
+            error = f"on rank 0: {type(e).__name__}: {e}"
+    result, error = WORLD.bcast((result, error))
+    if error is not None:
+        raise AssertionError(error)
+    return result

@@ -20,7 +20,7 @@ from hpcinfer.parallel.partition import split_range
 from hpcinfer.parallel.runtime import agree
 from hpcinfer.schedule.chunks import make_chunks
 from tests.conftest import DATA, DIGITS_JOB
-from tests.mpi.helpers import WORLD, collective, make_runtime
+from tests.mpi.helpers import WORLD, collective, make_runtime, on_rank_0
 
 
 @pytest.fixture(scope="module")
@@ -89,12 +89,14 @@ def test_atomic_words_count_without_losing_updates(rt):
 
 def serial_outputs(sets: list[str], out: Path) -> np.ndarray:
     """The digits job run by rank 0 alone (a one-rank runtime inside the launch)."""
-    if WORLD.rank == 0:
+
+    def serial() -> np.ndarray:
         job = load_job(DIGITS_JOB, [*sets, f"output.path='{out}'"])
         assert run_job(job, make_runtime(MPI.COMM_SELF), RunOptions(quiet=True)).code == 0
-    WORLD.Barrier()
-    with h5py.File(out, "r") as f:
-        return f["outputs"][:]
+        with h5py.File(out, "r") as f:
+            return f["outputs"][:]
+
+    return on_rank_0(serial)
 
 
 @pytest.mark.parametrize(
@@ -105,11 +107,13 @@ def serial_outputs(sets: list[str], out: Path) -> np.ndarray:
 @collective
 def test_edge_layouts_equal_the_serial_run_bit_for_bit(rt, shared_tmp, rows, chunk_size):
     data = shared_tmp / "in.h5"
-    if WORLD.rank == 0:
+
+    def write_input() -> None:
         x = np.random.default_rng(0).random((rows, 64), dtype=np.float32)
         with h5py.File(data, "w") as f:
             f.create_dataset("x", data=x)
-    WORLD.Barrier()
+
+    on_rank_0(write_input)
     sets = [f"input.path='{data}'", f"run.chunk_size={chunk_size}", "run.batch_size=64"]
     job = load_job(DIGITS_JOB, [*sets, f"output.path='{shared_tmp / 'out.h5'}'"])
     assert run_job(job, rt, RunOptions(quiet=True)).code == 0

@@ -27,7 +27,7 @@ from hpcinfer.parallel.grid import Grid
 from hpcinfer.parallel.partition import split_sizes, split_slice
 from hpcinfer.parallel.tensor import column_linear, row_linear
 from tests.conftest import DIGITS_JOB
-from tests.mpi.helpers import WORLD, collective, make_runtime
+from tests.mpi.helpers import WORLD, collective, make_runtime, on_rank_0
 
 B, IN, OUT = 6, 11, 7  # widths not divisible by 2, 3 or 4
 
@@ -124,11 +124,13 @@ def mlps():
     odd layer count (the last layer column-parallel and gathered, 1 column over tp ranks)."""
     from tests.test_mlp import make_mlp
 
-    root = Path(WORLD.bcast(tempfile.mkdtemp(prefix="hpcinfer-tp-") if WORLD.rank == 0 else None))
-    if WORLD.rank == 0:
+    def make() -> Path:
+        root = Path(tempfile.mkdtemp(prefix="hpcinfer-tp-"))
         make_mlp(root / "pairs", [64, 50, 30, 23, 10], "relu", "identity")
         make_mlp(root / "odd", [64, 50, 30, 1], "tanh", "identity")
-    WORLD.Barrier()
+        return root
+
+    root = on_rank_0(make)
     yield root
     WORLD.Barrier()
     if WORLD.rank == 0:
@@ -157,10 +159,7 @@ def mlp_outputs(root: Path, model: str, tp: int, rt, tag: str = "") -> np.ndarra
 def test_every_tp_of_the_launch_gives_the_serial_logits(mlps, model):
     """Every DP x TP layout of this launch's ranks (tp = each divisor of the size)."""
     rt = make_runtime()
-    serial = None
-    if WORLD.rank == 0:
-        serial = mlp_outputs(mlps, model, 1, make_runtime(MPI.COMM_SELF))
-    serial = WORLD.bcast(serial)
+    serial = on_rank_0(lambda: mlp_outputs(mlps, model, 1, make_runtime(MPI.COMM_SELF)))
     for tp in (t for t in range(1, WORLD.size + 1) if WORLD.size % t == 0):
         got = mlp_outputs(mlps, model, tp, rt)
         np.testing.assert_allclose(got, serial, rtol=1e-5, atol=1e-5 * np.abs(serial).max())
