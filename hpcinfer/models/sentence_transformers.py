@@ -293,8 +293,9 @@ def dense_weights_folder(folder: Path, dense: Dense) -> Path:
         raise JobError(
             f"{where / 'pytorch_model.bin'}: a PyTorch pickle, which hpcinfer never loads; "
             'convert it once where PyTorch is installed: python -c "import torch, '
-            "safetensors.torch as s; s.save_file(torch.load('pytorch_model.bin'), "
-            "'model.safetensors')\" in that folder"
+            "safetensors.torch as s; s.save_file(torch.load('pytorch_model.bin', "
+            "weights_only=True), 'model.safetensors')\" in that folder (weights_only: "
+            "tensors only, no code)"
         )
     raise JobError(f"{where / 'model.safetensors'}: not found (the Dense module's weights)")
 
